@@ -1,0 +1,69 @@
+"""`gcomp complete`: fill the masked region of an image or of every image in a folder tree."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import fail
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in value.split("/"))
+        return k, n
+    except ValueError:
+        raise typer.BadParameter(f"expected K/N, e.g. 0/4, got {value!r}") from None
+
+
+def complete(
+    input: Path = typer.Argument(..., help="An image, or a folder (searched recursively)."),
+    output: Path = typer.Argument(..., help="Output folder (mirrors the input tree), or an image path for one input image."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint (.pt or run folder) or an export folder."),
+    mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "
+                             "grid[:step], lowres[:step], pattern[:fraction], full; or a mask file / folder (white = fill)."),
+    iters: int = typer.Option(1000, "--iters", help="Search iterations per image."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
+    restarts: int = typer.Option(1, "--restarts", help="Random latents per image; the lowest final loss wins."),
+    blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (by --model), torch."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: 0.01 for momentum, 0.03 for adam)."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    lam: float = typer.Option(0.1, "--lam", help="Weight of the perceptual (discriminator) loss."),
+    weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (default: skip them)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: complete only the K-th of N parts of the input."),
+    save_progress: bool = typer.Option(False, "--save-progress", help=f"Write snapshot grids every 50 iterations."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Complete the masked region of each image with the GAN whose latent best explains the rest."""
+    from ..engine.backends import BackendError
+    from ..engine.complete import CompleteOptions, complete as run
+    from ..engine.images import ImageError, OutputError
+    from ..engine.masks import MaskError
+    from ..engine.search import SearchParams
+
+    user_errors = (BackendError, ImageError, OutputError, MaskError, ValueError)
+    try:
+        from ..train.checkpoint import CheckpointError
+
+        user_errors += (CheckpointError,)
+    except ImportError:  # no torch: the runtime path does not need checkpoints
+        pass
+    try:
+        opts = CompleteOptions(
+            mask=mask, batch_size=batch_size, restarts=restarts, blend=blend, seed=seed, overwrite=overwrite,
+            save_progress=save_progress, shard=_shard(shard) if shard else (0, 1),
+            search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted),
+        )
+        summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress)
+    except user_errors as e:
+        raise fail(str(e)) from None
+    typer.echo(f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)} "
+               f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s); summary: {summary.summary_path}")
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,40 @@
+"""Backends, picked by name or, under 'auto', by what the model path is (Ultralytics' suffix table)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Backend, BackendError, ModelInfo, SearchResult
+
+# name, file suffixes, the file that marks a model folder for it
+FORMATS = (
+    ("torch", (".pt", ".pth"), "checkpoint.pt"),
+    ("onnxruntime", (".onnx",), "step.onnx"),
+    ("tensorrt", (".engine", ".plan"), "step.engine"),
+)
+NAMES = tuple(f[0] for f in FORMATS)
+
+
+def backend_for(model: str | Path) -> str:
+    p = Path(model)
+    for name, suffixes, marker in FORMATS:
+        if p.is_dir() and (p / marker).exists():
+            return name
+        if p.suffix.lower() in suffixes:
+            return name
+    raise BackendError(f"cannot tell which backend runs {model}: expected a .pt checkpoint, a run folder "
+                       f"with checkpoint.pt, or an export folder with step.onnx / step.engine")
+
+
+def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", **options) -> Backend:
+    """An inactive backend for `model`; use it as a context manager or call activate()."""
+    if not Path(model).exists():
+        raise BackendError(f"model not found: {model}")
+    name = backend_for(model) if backend == "auto" else backend
+    if name == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model, device=device)
+    raise BackendError(f"unknown or unavailable backend {name!r} (available: torch)")
+
+
+__all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "backend_for", "NAMES"]

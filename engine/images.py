@@ -1,0 +1,167 @@
+"""Image IO through OpenCV: decode any common format, keep what the input was, write atomically.
+
+An image keeps its format on the way out: grayscale stays grayscale, RGBA keeps its alpha, 16-bit
+stays 16-bit, PNG stays PNG, JPEG is written at quality 95. Known pixels are copied from the
+original array, so they are bit-identical wherever the format is lossless.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+JPEG_QUALITY = 95
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image (empty, corrupt, unsupported)."""
+
+
+class OutputError(OSError):
+    """The output location cannot be written (read-only, full, not a folder)."""
+
+
+@dataclass
+class Image:
+    """The original pixels (as decoded, any depth/channels) and an 8-bit RGB view for the model."""
+
+    original: np.ndarray
+    rgb: np.ndarray  # HxWx3 uint8
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rgb.shape[:2]
+
+
+def is_image_name(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+def decode(data: bytes | np.ndarray, name: str = "image") -> Image:
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        raise ImageError(f"{name}: empty file")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
+    return Image(original=img, rgb=to_rgb8(img))
+
+
+def read(path: str | Path) -> Image:
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # not cv2.imread: it fails silently on odd names
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode(data, str(path))
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = (img // 257).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def like_original(rgb: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Convert an 8-bit RGB fill into the original's layout and depth."""
+    if original.ndim == 2 or original.shape[2] == 1:
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        out = out if original.ndim == 2 else out[:, :, None]
+    elif original.shape[2] == 4:
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
+        out[:, :, 3] = _to_uint8(original[:, :, 3])
+    else:
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if original.dtype == np.uint16:
+        out = out.astype(np.uint16) * 257
+        if original.ndim == 3 and original.shape[2] == 4:
+            out[:, :, 3] = original[:, :, 3]
+    elif original.dtype != np.uint8:
+        out = out.astype(original.dtype) / 255
+    return out
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    return (a // 257).astype(np.uint8) if a.dtype == np.uint16 else a.astype(np.uint8)
+
+
+def composite(original: np.ndarray, fill_rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Known pixels from the original, untouched; the rest from the fill."""
+    fill = like_original(fill_rgb, original)
+    k = known.astype(bool)
+    if original.ndim == 3:
+        k = k[:, :, None]
+    return np.where(k, original, fill)
+
+
+def encode(img: np.ndarray, suffix: str) -> bytes:
+    suffix = suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
+    if suffix in (".jpg", ".jpeg", ".bmp") and img.dtype != np.uint8:
+        img = _to_uint8(img)
+    ok, buf = cv2.imencode(suffix, img, params)
+    if not ok:
+        raise ImageError(f"cannot encode an image as {suffix}")
+    return buf.tobytes()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".gcomp-", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write(path: str | Path, img: np.ndarray) -> None:
+    write_atomic(path, encode(img, Path(path).suffix))
+
+
+def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> 3 x size x size float32 in [-1, 1]."""
+    if rgb.shape[:2] != (size, size):
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    return (rgb.astype(np.float32).transpose(2, 0, 1) / 127.5) - 1.0
+
+
+def from_model_output(x: np.ndarray) -> np.ndarray:
+    """3 x H x W in [-1, 1] -> HxWx3 uint8."""
+    return np.clip((x.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def grid(images: list[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
+    """Tile equally sized HxWx3 uint8 images into one picture (samples, progress snapshots)."""
+    h, w = images[0].shape[:2]
+    rows = (len(images) + cols - 1) // cols
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = im
+    return out
+
+
+def write_rgb(path: str | Path, rgb: np.ndarray) -> None:
+    write(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

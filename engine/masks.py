@@ -1,0 +1,172 @@
+"""Masks: which pixels are known. Convention inside gcomp: 1 = known, 0 = to fill (the seed's M).
+
+Mask files follow IOPaint's convention instead: white (> 127) = fill, black = keep.
+Kind masks are drawn at the model's resolution and scaled (nearest) to the image, so the search
+sees the same hole whatever the photo's size. Random kinds are seeded per image, from the seed and
+the image's name, so an image's mask never depends on its batch, shard or worker.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+KINDS = ("center", "random", "left", "right", "top", "bottom", "grid", "lowres", "pattern", "full")
+DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern": 0.25}
+WEIGHT_WINDOW = 7  # the paper's neighbourhood for the weighted context loss
+
+
+class MaskError(ValueError):
+    """A mask that cannot be used for an image (missing, unreadable, wrong size)."""
+
+
+def image_rng(seed: int, key: str, stream: int = 0) -> np.random.Generator:
+    """A generator tied to (seed, image name, stream): identical in any batch, shard or process."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(key.encode("utf-8")), stream])
+
+
+def make_mask(kind: str, size: int, param: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A size x size float32 mask, 1 = known."""
+    if kind not in KINDS:
+        raise MaskError(f"unknown mask kind {kind!r}; choose from {', '.join(KINDS)} or give a mask file/folder")
+    p = DEFAULT_PARAM.get(kind) if param is None else param
+    rng = rng or np.random.default_rng(0)
+    m = np.ones((size, size), np.float32)
+    h = size // 2
+    if kind == "center":
+        if not 0 < p <= 0.5:
+            raise MaskError(f"center scale must be in (0, 0.5], got {p}")
+        lo, hi = int(size * p), int(size * (1 - p))
+        m[lo:hi, lo:hi] = 0
+    elif kind == "random":
+        if not 0 <= p <= 1:
+            raise MaskError(f"random fraction missing must be in [0, 1], got {p}")
+        m[rng.random((size, size)) < p] = 0
+    elif kind == "left":
+        m[:, :h] = 0
+    elif kind == "right":
+        m[:, h:] = 0
+    elif kind == "top":
+        m[:h, :] = 0
+    elif kind == "bottom":
+        m[h:, :] = 0
+    elif kind == "grid":  # keep every p-th row and column (lines), fill the cells between them
+        step = max(int(p), 2)
+        m[:] = 0
+        m[::step, :] = 1
+        m[:, ::step] = 1
+    elif kind == "lowres":  # keep one pixel in p x p: the seed's low-resolution case
+        step = max(int(p), 2)
+        m[:] = 0
+        m[::step, ::step] = 1
+    elif kind == "pattern":  # random blobs, like the paper's (Context Encoder) pattern masks
+        m = _blobs(size, p, rng)
+    return m
+
+
+def _blobs(size: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random noise thresholded so that `fraction` of the pixels are missing."""
+    if not 0 < fraction < 1:
+        raise MaskError(f"pattern fraction missing must be in (0, 1), got {fraction}")
+    coarse = rng.random((max(size // 8, 2),) * 2).astype(np.float32)
+    field = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    field = cv2.GaussianBlur(field, (0, 0), size / 32)
+    thresh = np.quantile(field, 1 - fraction)
+    return (field < thresh).astype(np.float32)
+
+
+def context_weights(known: np.ndarray, weighted: bool) -> np.ndarray:
+    """Per-pixel weights of the context loss: the mask itself, or the paper's 7x7 weighting.
+
+    Weighted (Yeh et al., eq. 2): a known pixel weighs the fraction of unknown pixels in the 7x7
+    window around it (windows cut at the image border count only pixels inside); holes weigh 0.
+    """
+    known = known.astype(np.float32)
+    if not weighted:
+        return known
+    k = np.ones((WEIGHT_WINDOW, WEIGHT_WINDOW), np.float32)
+    holes = cv2.filter2D(1 - known, -1, k, borderType=cv2.BORDER_CONSTANT)
+    count = cv2.filter2D(np.ones_like(known), -1, k, borderType=cv2.BORDER_CONSTANT)
+    return (known * holes / count).astype(np.float32)
+
+
+def to_model_size(known: np.ndarray, size: int) -> np.ndarray:
+    """Shrink a full-resolution mask for the search: a pixel is known only if all it covers is known."""
+    if known.shape == (size, size):
+        return known.astype(np.float32)
+    small = cv2.resize(known.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return (small > 0.999).astype(np.float32)
+
+
+def read_mask_file(path: str | Path) -> np.ndarray:
+    """A mask image (any format OpenCV reads), white = fill. Returns 1 = known."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if img is None:
+        raise MaskError(f"{path}: mask is not a readable image")
+    return (img <= 127).astype(np.float32)
+
+
+@dataclass
+class MaskSpec:
+    """What `--mask` said: a kind (with an optional parameter) or a file/folder of mask images."""
+
+    kind: str | None = None
+    param: float | None = None
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "MaskSpec":
+        """'center', 'center:0.3', 'random:0.5', or a path to a mask file or a folder of masks."""
+        name, _, arg = spec.partition(":")
+        if name in KINDS:
+            try:
+                return cls(kind=name, param=float(arg) if arg else None)
+            except ValueError:
+                raise MaskError(f"mask parameter must be a number: {spec!r}") from None
+        p = Path(spec)
+        if p.exists():
+            return cls(path=p)
+        raise MaskError(f"--mask {spec!r} is neither a kind ({', '.join(KINDS)}) nor an existing file or folder")
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return self.kind + (f":{self.param:g}" if self.param is not None else "")
+
+    def known(self, key: str, shape: tuple[int, int], size: int, seed: int) -> np.ndarray:
+        """Full-resolution mask (1 = known) for the image named `key` (its path relative to the input)."""
+        h, w = shape
+        if self.kind is not None:
+            m = make_mask(self.kind, size, self.param, image_rng(seed, key, stream=1))
+            if (h, w) != (size, size):
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+            return m
+        if self.path.is_dir():
+            m = self._from_folder(key)
+            if m.shape != (h, w):
+                raise MaskError(f"mask for {key} is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}")
+            return m
+        # One mask for every image: scaled to each.
+        m = read_mask_file(self.path)
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+        return m
+
+    def _from_folder(self, key: str) -> np.ndarray:
+        rel = Path(key)
+        for cand in [self.path / rel.parent] + ([self.path] if rel.parent != Path(".") else []):
+            if cand.is_dir():
+                for f in sorted(cand.glob(glob_escape(rel.stem) + ".*")):
+                    if f.is_file():
+                        return read_mask_file(f)
+        raise MaskError(f"no mask for {key} in {self.path} (masks are matched by file stem)")
+
+
+def glob_escape(s: str) -> str:
+    import glob
+
+    return glob.escape(s)

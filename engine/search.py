@@ -1,0 +1,49 @@
+"""The latent search's settings and the seed's update rule, shared by every backend (numpy only)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+OPTIMIZERS = ("momentum", "adam")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Defaults are the seed's (bamos/dcgan-completion.tensorflow): the faithful baseline.
+
+    lr=None picks the optimizer's default: 0.01 for the seed's momentum, 0.03 for Adam.
+    """
+
+    iters: int = 1000
+    lr: float | None = None
+    momentum: float = 0.9
+    lam: float = 0.1
+    optimizer: str = "momentum"
+    weighted: bool = False  # the paper's 7x7-weighted context loss instead of the plain mask
+    beta1: float = 0.9  # Adam only
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.iters < 0:
+            raise ValueError(f"iters must be >= 0, got {self.iters}")
+
+    @property
+    def step_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.optimizer == "momentum" else 0.03
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"lr": self.step_lr}
+
+
+def momentum_update(z: np.ndarray, v: np.ndarray, grad: np.ndarray, lr: float, momentum: float):
+    """The seed's projected Nesterov step, verbatim:
+    v_prev = v; v = mom*v - lr*g; z += -mom*v_prev + (1+mom)*v; z = clip(z, -1, 1)."""
+    v_new = momentum * v - lr * grad
+    z_new = z - momentum * v + (1 + momentum) * v_new
+    return np.clip(z_new, -1, 1), v_new

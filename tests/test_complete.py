@@ -1,0 +1,142 @@
+"""The completion job end to end, through the Python API and the CLI."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from gcomp.cli.app import app  # noqa: E402
+from gcomp.engine import images  # noqa: E402
+from gcomp.engine.backends.base import Backend, ModelInfo, SearchResult  # noqa: E402
+from gcomp.engine.complete import CompleteOptions, Prepared, Item, complete, complete_batch  # noqa: E402
+from gcomp.engine.masks import make_mask  # noqa: E402
+from gcomp.engine.search import SearchParams  # noqa: E402
+
+runner = CliRunner()
+
+
+def _read(p):
+    return cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+
+
+def test_cli_completes_a_folder_with_a_corrupt_file(tiny_ckpt, faces, tmp_path):
+    src = faces[0].parent
+    (src / "sub").mkdir()
+    images.write(src / "sub" / "deep.png", _read(faces[1]))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (src / "notes.txt").write_text("ignored: not an image name")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--mask", "center",
+                            "--iters", "5", "--batch-size", "4", "--blend", "none", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    done = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert done == sorted([f.name for f in faces] + ["sub/deep.png"])
+    known = make_mask("center", 32).astype(bool)
+    for f in faces:
+        a, b = _read(f), _read(out / f.name)
+        assert np.array_equal(a[known], b[known])  # every pixel outside the hole unchanged
+        assert not np.array_equal(a[~known], b[~known])  # the hole was filled
+    summary = json.loads((out / "gcomp-summary.json").read_text())
+    assert summary["done"] == 7 and summary["n_failed"] == 1 and "broken.png" in summary["failed"][0]["file"]
+    # a rerun skips what is finished and only retries the broken file
+    r2 = runner.invoke(app, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "5", "--no-progress"])
+    assert r2.exit_code == 1 and "skipped 7" in r2.stdout
+
+
+def test_bad_model_and_mask_are_one_line_errors(tiny_ckpt, faces, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    for args, needle in [(["--model", str(bad)], "not a readable checkpoint"),
+                         (["--model", str(tiny_ckpt), "--mask", "blob"], "neither a kind"),
+                         (["--model", str(tmp_path / "none.pt")], "model not found")]:
+        r = runner.invoke(app, ["complete", str(faces[0]), str(tmp_path / "o"), *args])
+        assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_formats_sizes_and_modes_are_kept(tiny_ckpt, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    big = cv2.GaussianBlur(rng.integers(0, 255, (90, 70, 3), dtype=np.uint8), (7, 7), 3)
+    images.write(src / "big.png", big)
+    images.write(src / "photo.jpg", big)
+    images.write(src / "gray.png", big[:, :, 0])
+    rgba = np.dstack([big, np.full(big.shape[:2], 200, np.uint8)])
+    images.write(src / "rgba.png", rgba)
+    images.write(src / "deep.png", big.astype(np.uint16) * 257)
+    s = complete(src, tmp_path / "out", tiny_ckpt,
+                 options=CompleteOptions(search=SearchParams(iters=3), mask="center"), progress=False)
+    assert s.done == 5 and not s.failed
+    out = {p.name: _read(p) for p in (tmp_path / "out").iterdir() if p.suffix != ".json"}
+    assert out["big.png"].shape == (90, 70, 3)
+    assert out["gray.png"].shape == (90, 70)
+    assert out["rgba.png"].shape == (90, 70, 4) and (out["rgba.png"][:, :, 3] == 200).all()
+    assert out["deep.png"].dtype == np.uint16
+    assert out["photo.jpg"].shape == (90, 70, 3)
+    known = cv2.resize(make_mask("center", 32), (70, 90), interpolation=cv2.INTER_NEAREST).astype(bool)
+    assert np.array_equal(out["big.png"][known], big[known])
+    assert np.array_equal(out["deep.png"][known], (big.astype(np.uint16) * 257)[known])
+    assert not np.array_equal(out["big.png"][~known], big[~known])
+
+
+class _FakeBackend(Backend):
+    """Losses chosen by the test: restart selection must pick the lowest per image."""
+
+    name = "fake"
+
+    def __init__(self, losses):
+        super().__init__()
+        self.losses = np.asarray(losses, np.float32)
+        self.info = ModelInfo(size=8, zdim=2)
+
+    def search(self, z0, y, w, hp, callback=None):
+        return SearchResult(z=z0, loss=self.losses.copy())
+
+    def generate(self, z):
+        return np.tile(z[:, :1, None, None], (1, 3, 8, 8))
+
+
+def test_restart_selection_keeps_the_lowest_final_loss():
+    items = []
+    for i in range(2):
+        rgb = np.zeros((8, 8, 3), np.uint8)
+        known = make_mask("center", 8)
+        items.append(Prepared(Item(None, f"im{i}.png", None), images.Image(rgb, rgb), known,
+                              images.to_model_input(rgb, 8), known[None]))
+    be = _FakeBackend([5.0, 1.0, 3.0, 7.0, 2.0, 9.0])  # image 0: restart 1; image 1: restart 1
+    opts = CompleteOptions(restarts=3, search=SearchParams(iters=1))
+    outs, stats = complete_batch(be, items, opts)
+    assert stats["best_restart"] == [1, 1] and stats["loss"] == [1.0, 2.0]
+
+
+def test_save_progress_writes_snapshots(tiny_ckpt, faces, tmp_path):
+    out = tmp_path / "out"
+    s = complete(faces[0].parent, out, tiny_ckpt, progress=False,
+                 options=CompleteOptions(search=SearchParams(iters=100), save_progress=True, batch_size=8))
+    snaps = sorted(p.name for p in (out / "_gcomp_progress" / "batch_00000").iterdir())
+    assert snaps == ["iter_00050.png", "iter_00100.png"] and s.done == len(faces)
+
+
+def test_poisson_blend_keeps_known_pixels(tiny_ckpt, faces, tmp_path):
+    s = complete(faces[0].parent, tmp_path / "out", tiny_ckpt, progress=False,
+                 options=CompleteOptions(search=SearchParams(iters=2), blend="poisson"))
+    assert s.done == len(faces)
+    known = make_mask("center", 32).astype(bool)
+    for f in faces:
+        assert np.array_equal(_read(f)[known], _read(tmp_path / "out" / f.name)[known])
+
+
+def test_poisson_blend_of_the_image_itself_is_the_identity():
+    from gcomp.engine.blend import blend
+
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (9, 9), 4)
+    for kind in ("center", "left", "random"):
+        known = make_mask(kind, 40, rng=rng)
+        out = blend(rgb, rgb.copy(), known, "poisson")
+        assert np.abs(out.astype(int) - rgb).max() <= 3, kind

@@ -1,0 +1,80 @@
+"""Checkpoint files: the model config travels inside, so loading needs no flags (nanoGPT's habit)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .model import Discriminator, Generator, ModelConfig
+
+FORMAT = "gcomp-checkpoint/1"
+CKPT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, or not one of ours."""
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder holding `checkpoint.pt`."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CKPT_NAME
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (expected a .pt file or a run folder with {CKPT_NAME})")
+    return p
+
+
+def save(path: str | os.PathLike, cfg: ModelConfig, G: Generator, D: Discriminator, **extra: Any) -> Path:
+    """Atomic: written to a temporary name, then renamed, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT,
+        "gcomp_version": __version__,
+        "model_config": asdict(cfg),
+        "G": _plain(G).state_dict(),
+        "D": _plain(D).state_dict(),
+        **extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(m: torch.nn.Module) -> torch.nn.Module:
+    """Unwrap DDP / torch.compile wrappers so state-dict keys never carry 'module.' prefixes."""
+    m = getattr(m, "module", m)
+    return getattr(m, "_orig_mod", m)
+
+
+def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    p = resolve(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle of something else, random bytes
+        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a gcomp checkpoint (no '{FORMAT}' marker)")
+    missing = {"model_config", "G", "D"} - state.keys()
+    if missing:
+        raise CheckpointError(f"{p}: checkpoint lacks {sorted(missing)}")
+    return state
+
+
+def load_models(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(config, G, D) in eval mode: BatchNorm uses running statistics, so images never affect each other."""
+    state = load_state(path, map_location=device)
+    try:
+        cfg = ModelConfig(**state["model_config"])
+        G, D = Generator(cfg), Discriminator(cfg)
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{resolve(path)}: weights do not match the stored config ({e})") from None
+    return cfg, G.to(device).eval(), D.to(device).eval()
