@@ -28,7 +28,7 @@ def complete(
     restarts: int = typer.Option(1, "--restarts", help="Random latents per image; the lowest final loss wins."),
     blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (by --model), torch."),
+    backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime), torch, onnxruntime."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: 0.01 for momentum, 0.03 for adam)."),
@@ -38,6 +38,7 @@ def complete(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (default: skip them)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: complete only the K-th of N parts of the input."),
     save_progress: bool = typer.Option(False, "--save-progress", help=f"Write snapshot grids every 50 iterations."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Complete the masked region of each image with the GAN whose latent best explains the rest."""
@@ -60,7 +61,14 @@ def complete(
             save_progress=save_progress, shard=_shard(shard) if shard else (0, 1),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted),
         )
-        summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress)
+        be = backend
+        if threads is not None:
+            from ..engine.backends import backend_for, open_backend
+
+            if backend not in ("auto", "onnxruntime") or (backend == "auto" and model and backend_for(model) != "onnxruntime"):
+                raise ValueError("--threads applies to the onnxruntime backend")
+            be = open_backend(model or "", "onnxruntime", device, threads=threads)
+        summary = run(input, output, model, backend=be, device=device, options=opts, progress=progress)
     except user_errors as e:
         raise fail(str(e)) from None
     typer.echo(f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)} "

@@ -224,8 +224,8 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     check_writable(out_dir)
     t0 = time.perf_counter()
 
-    owned = isinstance(backend, Backend)
-    be = backend if owned else open_backend(model or default_model(), backend, device)
+    given = isinstance(backend, Backend)  # the caller activates and closes it
+    be = backend if given else open_backend(model or default_model(), backend, device)
     be.activate()
     summary = Summary(settings={
         "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
@@ -291,7 +291,7 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     finally:
         pool.shutdown(wait=True)
         bar.close()
-        if not owned:
+        if not given:
             be.deactivate()
     summary.seconds = time.perf_counter() - t0
     summary.images_per_s = summary.done / summary.seconds if summary.seconds > 0 else 0.0

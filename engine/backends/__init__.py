@@ -34,7 +34,13 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
         from .torch_backend import TorchBackend
 
         return TorchBackend(model, device=device)
-    raise BackendError(f"unknown or unavailable backend {name!r} (available: torch)")
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, device=device, **options)
+    if name == "tensorrt":
+        raise BackendError("the tensorrt backend is not available yet: use --backend onnxruntime on the export folder")
+    raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
 
 
 __all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "backend_for", "NAMES"]
