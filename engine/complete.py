@@ -25,14 +25,13 @@ from .. import __version__
 from . import images
 from .backends import Backend, BackendError, open_backend
 from .blend import BLENDS, blend
-from .images import ImageError, OutputError
+from .images import TMP_PREFIX, ImageError, OutputError
 from .masks import MaskError, MaskSpec, context_weights, image_rng, to_model_size
 from .search import SearchParams
 
 SUMMARY_NAME = "gcomp-summary.json"
 PROGRESS_DIR = "_gcomp_progress"
 PROGRESS_EVERY = 50  # the seed writes its snapshots every 50 iterations too
-TMP_PREFIX = ".gcomp-"
 
 
 @dataclass(frozen=True)
@@ -223,6 +222,8 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     out_dir = dst.parent if (src.is_file() and images.is_image_name(dst)) else dst
     check_writable(out_dir)
     t0 = time.perf_counter()
+    tag = f"s{opts.shard[0]}of{opts.shard[1]}-"
+    images.remove_stale_temps(out_dir, tag)
 
     given = isinstance(backend, Backend)  # the caller activates and closes it
     be = backend if given else open_backend(model or default_model(), backend, device)
@@ -284,7 +285,7 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
                 outs, stats = complete_batch(be, batch, opts, on_prog)
                 summary.search_seconds += stats["seconds"]
                 for p, arr in zip(batch, outs):
-                    writes.append((p.item, pool.submit(images.write, p.item.out, arr)))
+                    writes.append((p.item, pool.submit(images.write, p.item.out, arr, tag)))
                 batch_no += 1
             writes = _drain(writes, summary, fail, bar, block=False)
         _drain(writes, summary, fail, bar, block=True)

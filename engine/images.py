@@ -119,12 +119,19 @@ def encode(img: np.ndarray, suffix: str) -> bytes:
     return buf.tobytes()
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
+TMP_PREFIX, TMP_SUFFIX = ".gcomp-", ".tmp"
+
+
+def write_atomic(path: str | Path, data: bytes, tag: str = "") -> None:
+    """Write to a temporary name in the same folder, then rename: a reader never sees half a file.
+
+    `tag` goes into the temporary name so a rerun can remove what a killed run of the same job
+    (same shard) left behind, without touching other shards' files in flight.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gcomp-", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
@@ -136,8 +143,20 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def write(path: str | Path, img: np.ndarray) -> None:
-    write_atomic(path, encode(img, Path(path).suffix))
+def write(path: str | Path, img: np.ndarray, tag: str = "") -> None:
+    write_atomic(path, encode(img, Path(path).suffix), tag)
+
+
+def remove_stale_temps(root: Path, tag: str) -> int:
+    """Delete temporary files a killed run with this tag left under root; returns how many."""
+    n = 0
+    if root.is_dir():
+        for dirpath, _, filenames in os.walk(root):
+            for name in filenames:
+                if name.startswith(TMP_PREFIX + tag) and name.endswith(TMP_SUFFIX):
+                    Path(dirpath, name).unlink(missing_ok=True)
+                    n += 1
+    return n
 
 
 def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
