@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
-from . import complete_cmd
+from . import bench_cmd, complete_cmd, eval_cmd, export_cmd, train_cmd
 
 app = typer.Typer(
     name="gcomp",
@@ -32,6 +32,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.command("complete")(complete_cmd.complete)
+app.command("train")(train_cmd.train)
+app.command("bench")(bench_cmd.bench)
+app.command("eval")(eval_cmd.evaluate)
+app.command("export")(export_cmd.export)
 
 
 def main() -> None:

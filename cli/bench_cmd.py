@@ -1,0 +1,59 @@
+"""`gcomp bench`: latency and throughput of the backends beside the seed's own loop."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import fail
+
+
+def _list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def bench(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint; default: the default architecture with random weights (timings do not depend on weights)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="Comma-separated: torch, onnxruntime."),
+    batch_size: str = typer.Option("64", "--batch-size", "-b", help="Comma-separated batch sizes."),
+    iters: int = typer.Option(20, "--iters", help="Timed steps per run; images/s is reported for this many iterations per image."),
+    precision: str = typer.Option("fp32", "--precision", help="Comma-separated: fp32, fp16 (ONNX exports)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
+):
+    """Time the seed-faithful loop and each backend on the same synthetic inputs, in one process."""
+    try:
+        import torch  # noqa: F401  (the baseline is the seed's PyTorch loop)
+    except ImportError:
+        raise fail("gcomp bench runs the seed's PyTorch loop as its baseline: pip install 'gcomp[train]'") from None
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..engine.backends import BackendError
+    from ..engine.bench import bench as run, write_json
+    from ..train.checkpoint import CheckpointError
+
+    try:
+        report = run(model, _list(backend), [int(b) for b in _list(batch_size)], iters, _list(precision),
+                     device, warmup, log=lambda m: typer.echo(m, err=True))
+    except (BackendError, CheckpointError, ValueError) as e:
+        raise fail(str(e)) from None
+    m = report["machine"]
+    t = Table(title=f"gcomp bench: {m['gpu'] or m['cpu']} ({m['cores']} cores), {iters} iterations per image")
+    for col in ("run", "batch", "min ms", "mean ms", "median", "p90", "p95", "p99", "images/s", "speed-up", "GFLOP/s", "of peak"):
+        t.add_column(col, justify="right" if col != "run" else "left")
+    for r in report["runs"]:
+        s, ms = r["stats"], r["stats"]["step_ms"]
+        share = s["share_of_peak"]
+        t.add_row(r["name"], str(r["batch"]), *(f"{ms[k]:.1f}" for k in ("min", "mean", "median", "p90", "p95", "p99")),
+                  f"{s['images_per_s']:.3f}", f"{s['speedup_vs_baseline']:.2f}x", f"{s['achieved_flops'] / 1e9:.0f}",
+                  f"{share:.1%}" if share else "unknown")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and CI: never wrap the table
+    console.print(t)
+    if json_path:
+        write_json(report, json_path)
+        typer.echo(f"wrote {json_path}")

@@ -1,0 +1,79 @@
+"""`gcomp export`: write generator.onnx and step.onnx (and TensorRT engines), validated against PyTorch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import fail
+
+PRECISION_HELP = ("fp32 | fp16 (weights and network compute in fp16) | bf16 (weights stored as bf16, compute fp32). "
+                  "Graph inputs/outputs are float32 for every precision.")
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run folder with checkpoint.pt."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: export-<precision> beside the checkpoint)."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help=PRECISION_HELP),
+    batch: str = typer.Option("dynamic", "--batch", "-b", help="'dynamic' (a 'batch' axis) or a fixed batch size N."),
+    unroll: int = typer.Option(1, "--unroll", "-k", min=1, help="Momentum steps per call of step.onnx (unrolled, shared weights)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18-23; the exporter's native opset is 18)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build generator.engine and step.engine with TensorRT or TensorRT-RTX."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the comparison with the PyTorch reference."),
+):
+    """Export a checkpoint so the runtime completes images without PyTorch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise fail("gcomp export needs PyTorch: pip install 'gcomp[train]' "
+                   "(on CPU-only machines: pip install torch==2.13.0 first)") from None
+    import time
+
+    from ..export.onnx_export import check_options, export_model
+    from ..export.trt import EngineMismatchError, TensorRTUnavailable
+    from ..export.validate import ValidationError
+    from ..train.checkpoint import CheckpointError, resolve
+
+    try:
+        check_options(precision, batch, unroll, opset)
+        ckpt = resolve(checkpoint)
+    except (ValueError, CheckpointError) as e:  # CheckpointError is a ValueError
+        raise fail(str(e)) from None
+    out_dir = out if out is not None else ckpt.parent / f"export-{precision}"
+
+    t0 = time.perf_counter()
+    try:
+        result = export_model(ckpt, out_dir, precision=precision, batch=batch, unroll=unroll, opset=opset,
+                              trt=trt, validate=not no_validate, log=typer.echo)
+    except CheckpointError as e:
+        raise fail(str(e)) from None
+    except ValidationError as e:
+        _table(e.report)
+        raise fail(str(e), code=1) from None
+    except (TensorRTUnavailable, EngineMismatchError, ValueError) as e:
+        raise fail(str(e)) from None
+    except RuntimeError as e:
+        raise fail(str(e), code=1) from None
+    if result["validation"] is not None:
+        _table(result["validation"])
+        typer.echo(f"validation passed; report saved as {Path(result['out_dir']) / 'validation.json'}")
+    total = sum(f["bytes"] for f in result["files"])
+    typer.echo(f"export complete ({time.perf_counter() - t0:.1f} s), {len(result['files'])} files, "
+               f"{total / 1e6:.1f} MB in {result['out_dir']}")
+
+
+def _table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..export.validate import format_table
+
+    table = Table(title=f"validation vs PyTorch ({report['precision']})",
+                  caption=f"unroll {report['unroll']}, batch {report['batch_size']}, "
+                          f"{report['trajectory_steps']}-step trajectory; relative error = {report['relative_error']}")
+    for col in ("check", "max abs", "max rel", "tolerance", ""):
+        table.add_column(col, justify="left" if col == "check" else "right")
+    for row in format_table(report):
+        table.add_row(*row, style="bold red" if row[-1] == "FAIL" else None)
+    Console(width=110).print(table)

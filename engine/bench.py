@@ -1,0 +1,201 @@
+"""`gcomp bench`: per-step latency and throughput of each backend against the seed's own loop.
+
+The baseline is measured in the same process on the same inputs: PyTorch eager, a batch of 64,
+the gradient copied to the host and the momentum update done in numpy every iteration, as the
+seed's TensorFlow code does (sess.run -> numpy update -> feed back). Warm-up steps are excluded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .masks import make_mask
+from .search import momentum_update
+
+BASELINE_BATCH = 64
+# Dense peak FLOP/s by (device-name fragment, precision), from NVIDIA's data sheets (SXM parts).
+PEAKS = {("H100", "fp32"): 67e12, ("H100", "tf32"): 495e12, ("H100", "fp16"): 989e12, ("H100", "bf16"): 989e12,
+         ("H200", "fp32"): 67e12, ("H200", "tf32"): 495e12, ("H200", "fp16"): 989e12, ("H200", "bf16"): 989e12}
+
+
+def flops_per_iteration(size: int, zdim: int, gf: int, df: int, channels: int = 3) -> float:
+    """FLOPs of one search iteration for one image: G and D forward, then the input-gradient
+    backward through both (the same multiply-adds again); weight gradients are not needed."""
+    n = int(np.log2(size)) - 2
+    gw = [gf * 2 ** (n - 1 - i) for i in range(n)] + [channels]
+    macs = zdim * 16 * gw[0]
+    res = 4
+    for cin, cout in zip(gw[:-1], gw[1:]):
+        macs += cin * cout * 25 * res * res  # transposed conv: every input pixel scatters a 5x5 kernel
+        res *= 2
+    dw = [channels] + [df * 2**i for i in range(n)]
+    for cin, cout in zip(dw[:-1], dw[1:]):
+        res //= 2
+        macs += cin * cout * 25 * res * res
+    macs += dw[-1] * 16
+    return 2 * 2 * macs  # 2 FLOPs per MAC, forward + input-backward
+
+
+@dataclass
+class Timing:
+    name: str
+    backend: str
+    batch: int
+    precision: str
+    device: str
+    steps_per_call: int = 1
+    latencies_ms: list[float] = field(default_factory=list)  # per call
+    stats: dict = field(default_factory=dict)
+
+    def summarize(self, iters: int, flops_iter: float, peak: float | None, baseline_ips: float | None) -> None:
+        lat = np.array(self.latencies_ms)
+        per_step = lat / self.steps_per_call
+        q = {f"p{p}": float(np.percentile(per_step, p)) for p in (90, 95, 99)}
+        mean_s = float(per_step.mean()) / 1e3
+        ips = self.batch / (mean_s * iters)  # images per second when each image needs `iters` steps
+        achieved = flops_iter * self.batch / mean_s
+        self.stats = {
+            "step_ms": {"min": float(per_step.min()), "mean": float(per_step.mean()),
+                        "median": float(np.median(per_step)), **q},
+            "images_per_s": ips,
+            "iters": iters,
+            "speedup_vs_baseline": (ips / baseline_ips) if baseline_ips else 1.0,
+            "flops_per_image_iteration": flops_iter,
+            "achieved_flops": achieved,
+            "peak_flops": peak,
+            "share_of_peak": (achieved / peak) if peak else None,
+        }
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor(),
+            "cores": os.cpu_count(), "gpu": None, "libraries": {}}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    for mod in ("numpy", "onnxruntime", "torch", "cv2", "onnx"):
+        try:
+            info["libraries"][mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return info
+
+
+def _peak(device: str, precision: str, gpu: str | None) -> float | None:
+    if device.startswith("cuda") and gpu:
+        for (frag, prec), v in PEAKS.items():
+            if frag in gpu and prec == precision:
+                return v
+    return None  # CPU peaks vary with clocks and ISA: reported as unknown
+
+
+def synthetic_inputs(batch: int, size: int, zdim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(-1, 1, (batch, zdim)).astype(np.float32)
+    y = rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+    w = np.broadcast_to(make_mask("center", size), (batch, 1, size, size)).astype(np.float32)
+    return z, y, w
+
+
+def time_seed_loop(checkpoint, iters: int, warmup: int, device: str = "cpu") -> Timing:
+    """The seed's loop: eager forward/backward, gradient to host, numpy update, z back to the device."""
+    import torch
+
+    from ..train.checkpoint import load_models
+    from .reference import loss_and_grad
+
+    cfg, G, D = load_models(checkpoint, device)
+    z, y, w = synthetic_inputs(BASELINE_BATCH, cfg.size, cfg.zdim)
+    yt, wt = torch.from_numpy(y).to(device), torch.from_numpy(w).to(device)
+    v = np.zeros_like(z)
+    t = Timing("seed loop", "baseline", BASELINE_BATCH, "fp32", device)
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        _, g = loss_and_grad(G, D, torch.from_numpy(z).to(device), yt, wt, 0.1)
+        z, v = momentum_update(z, v, g.cpu().numpy(), 0.01, 0.9)
+        if i >= warmup:
+            t.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+    return t
+
+
+def time_backend(be, batch: int, iters: int, warmup: int, precision: str, device: str) -> Timing:
+    """Time `iters` steps of a backend through its step() contract, state fed back each call."""
+    info = be.info
+    z, y, w = synthetic_inputs(batch, info.size, info.zdim)
+    v = np.zeros_like(z)
+    k = getattr(be, "unroll", 1)
+    t = Timing(f"{be.name} {precision} b{batch}", be.name, batch, precision, device, steps_per_call=k)
+    calls = max(1, iters // k)
+    for i in range(warmup + calls):
+        t0 = time.perf_counter()
+        z, v, _ = be.step(z, v, y, w, 0.01, 0.9, 0.1)
+        if i >= warmup:
+            t.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+    return t
+
+
+def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int = 20, precisions=("fp32",),
+          device: str = "cpu", warmup: int = 3, workdir=None, log=print) -> dict:
+    """Run the baseline and each (backend, precision, batch) and return the report (JSON-able)."""
+    from ..train.checkpoint import load_models, save
+    from ..train.model import ModelConfig, build
+    from .backends import open_backend
+
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="gcomp-bench-"))
+    if model is None:  # timings do not depend on the weights: the default architecture, random init
+        ckpt = save(tmp / "random.pt", ModelConfig(), *build(ModelConfig()))
+    else:
+        ckpt = Path(model)
+    cfg, _, _ = load_models(ckpt)
+    flops = flops_per_iteration(cfg.size, cfg.zdim, cfg.gf, cfg.df, cfg.channels)
+    machine = machine_info()
+    log(f"baseline: the seed's loop, batch {BASELINE_BATCH}, {iters} steps on {device} ...")
+    base = time_seed_loop(ckpt, iters, warmup, device)
+    base.summarize(iters, flops, _peak(device, "fp32", machine["gpu"]), None)
+    base_ips = base.stats["images_per_s"]
+    runs = [base]
+    for name in backends:
+        for prec in precisions:
+            if name == "torch" and prec != "fp32":
+                log(f"skip torch {prec}: the torch backend runs the fp32 reference")
+                continue
+            target = ckpt
+            if name == "onnxruntime":
+                from ..export import export_model
+
+                target = tmp / f"onnx-{prec}"
+                if not (target / "step.onnx").exists():
+                    log(f"exporting {prec} ONNX graphs to {target} ...")
+                    export_model(ckpt, target, precision=prec, validate=False)
+            for b in batch_sizes:
+                log(f"{name} {prec} batch {b}: {iters} steps ...")
+                with open_backend(target, name, device) as be:
+                    t = time_backend(be, b, iters, warmup, prec, device)
+                t.summarize(iters, flops, _peak(device, prec, machine["gpu"]), base_ips)
+                runs.append(t)
+    return {"machine": machine, "model": {"source": str(model or "random init"), **asdict(cfg)},
+            "iters": iters, "warmup": warmup, "device": device,
+            "runs": [{k: v for k, v in asdict(r).items()} for r in runs]}
+
+
+def write_json(report: dict, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2))

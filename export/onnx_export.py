@@ -1,0 +1,259 @@
+"""Export a checkpoint to `generator.onnx` and `step.onnx` (and optionally TensorRT engines), then validate.
+
+Exporter: torch.onnx's dynamo exporter (`torch.export` + onnxscript, with its graph optimizer), opset 18.
+It gives a clean graph (initializers for every weight, no Constant/Cast/Identity clutter, one set of
+initializers shared by all unrolled steps), it is torch's supported path (the TorchScript exporter is
+deprecated), and opset 18 is its native opset, which ONNX Runtime >= 1.14 and TensorRT >= 8.6 read.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from .metadata import MASK_CONVENTION, SEED_DEFAULTS, write_metadata
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: what each precision computes in (bf16 stores bf16 weights, computes fp32: see adjoint.PRECISIONS)
+COMPUTE = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
+DEFAULT_OPSET = 18
+OPSETS = range(18, 24)  # the dynamo exporter's native opset is 18; ONNX Runtime 1.32 reads up to 23
+GENERATOR_FILE, STEP_FILE = "generator.onnx", "step.onnx"
+STEP_INPUTS = ("z", "v", "y", "w", "lr", "momentum", "lam")
+STEP_OUTPUTS = ("z_out", "v_out", "loss")
+
+
+def parse_batch(batch: str | int) -> str | int:
+    """'dynamic' or a positive int (also given as a string)."""
+    if isinstance(batch, str):
+        if batch.strip().lower() == "dynamic":
+            return "dynamic"
+        try:
+            batch = int(batch)
+        except ValueError:
+            raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}") from None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+    return batch
+
+
+def check_options(precision: str, batch, unroll: int, opset: int) -> str | int:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive integer, got {unroll!r}")
+    if opset not in OPSETS:
+        raise ValueError(f"opset must be between {OPSETS.start} and {OPSETS.stop - 1} "
+                         f"(the dynamo exporter emits opset 18 natively), got {opset}")
+    return parse_batch(batch)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress and warnings; keep them, show them only on failure."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _export_graph(module, args: tuple, input_names, output_names, batched: set[str], dynamic: bool, opset: int):
+    """torch module -> cleaned onnx.ModelProto (batch axis named 'batch' when dynamic)."""
+    import torch
+
+    dynamic_shapes = None
+    if dynamic:
+        bd = torch.export.Dim("batch", min=1)
+        dynamic_shapes = tuple({0: bd} if n in batched else None for n in input_names)
+    with _quiet() as out:
+        try:
+            prog = torch.onnx.export(module.eval(), args, None, input_names=list(input_names),
+                                     output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+                                     opset_version=opset, dynamo=True, optimize=True, external_data=False)
+        except Exception as e:
+            log = out.getvalue().strip()
+            raise RuntimeError(f"ONNX export failed: {type(e).__name__}: {e}" + (f"\n{log}" if log else "")) from e
+    model = prog.model_proto
+    _clean(model, dynamic)
+    return model
+
+
+def _clean(model, dynamic: bool) -> None:
+    """Drop per-node debug metadata (stack traces, local paths), name the batch axis 'batch'."""
+    g = model.graph
+    for n in g.node:
+        del n.metadata_props[:]
+        n.doc_string = ""
+    g.doc_string = ""
+    if not dynamic:
+        return
+    first = g.input[0].type.tensor_type.shape.dim[0]
+    sym = first.dim_param
+    if not sym:
+        raise RuntimeError("the exporter fixed the batch axis; expected a dynamic one")
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param == sym:
+                d.dim_param = "batch"
+
+
+def _relax_w_channels(model) -> None:
+    """w may be [B, 1, H, W] (one mask for all channels) or [B, C, H, W]: it only enters element-wise
+    products (w * (x - y), w * sign(...)), which broadcast, so its channel axis is symbolic."""
+    for vi in model.graph.input:
+        if vi.name == "w":
+            d = vi.type.tensor_type.shape.dim[1]
+            d.Clear()
+            d.dim_param = "w_channels"
+
+
+def _metadata(cfg, kind: str, precision: str, unroll: int, batch, opset: int) -> dict[str, Any]:
+    import torch
+
+    return {
+        "gcomp_version": __version__,
+        "gcomp_kind": kind,
+        "size": cfg.size,
+        "channels": cfg.channels,
+        "zdim": cfg.zdim,
+        "precision": precision,
+        "unroll": unroll,
+        "batch": batch,
+        "defaults": dict(SEED_DEFAULTS),
+        "config_hash": cfg.hash(),
+        "model_config": asdict(cfg),
+        "mask_convention": MASK_CONVENTION,
+        "compute_precision": COMPUTE[precision],
+        "opset": opset,
+        "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
+    }
+
+
+def example_inputs(cfg, batch: int, seed: int = 0):
+    """Step inputs as torch tensors: z ~ U[-1, 1], v = 0.1 * N(0, 1), y ~ U[-1, 1], a center-mask w."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    s, c = cfg.size, cfg.channels
+    z = torch.rand(batch, cfg.zdim, generator=g) * 2 - 1
+    v = torch.randn(batch, cfg.zdim, generator=g) * 0.1
+    y = torch.rand(batch, c, s, s, generator=g) * 2 - 1
+    w = center_mask(batch, s)
+    f32 = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    return z, v, y, w, f32(SEED_DEFAULTS["lr"]), f32(SEED_DEFAULTS["momentum"]), f32(SEED_DEFAULTS["lam"])
+
+
+def center_mask(batch: int, size: int):
+    """The seed's center mask as weights [B, 1, H, W]: 1 = known, 0 in the middle quarter-area square."""
+    import torch
+
+    w = torch.ones(batch, 1, size, size)
+    a, b = size // 4, size - size // 4
+    w[:, :, a:b, a:b] = 0
+    return w
+
+
+def export_generator(G, cfg, path: Path, precision: str, batch, opset: int):
+    import onnx
+
+    from .adjoint import GeneratorModule
+
+    nb = 2 if batch == "dynamic" else batch
+    z = example_inputs(cfg, nb)[0]
+    model = _export_graph(GeneratorModule(G, precision), (z,), ("z",), ("image",), {"z"}, batch == "dynamic", opset)
+    model.graph.name = "gcomp_generator"
+    write_metadata(model, _metadata(cfg, "generator", precision, 1, batch, opset))
+    onnx.save(model, str(path))
+    return path
+
+
+def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset: int):
+    import onnx
+
+    from .adjoint import StepModule
+
+    nb = 2 if batch == "dynamic" else batch
+    args = example_inputs(cfg, nb)
+    model = _export_graph(StepModule(G, D, unroll=unroll, precision=precision), args, STEP_INPUTS, STEP_OUTPUTS,
+                          {"z", "v", "y", "w"}, batch == "dynamic", opset)
+    _relax_w_channels(model)
+    model.graph.name = "gcomp_step"
+    write_metadata(model, _metadata(cfg, "step", precision, unroll, batch, opset))
+    onnx.save(model, str(path))
+    return path
+
+
+def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int = "dynamic", unroll: int = 1,
+                 opset: int = DEFAULT_OPSET, trt: bool = False, validate: bool = True,
+                 trt_profile: tuple[int, int, int] | None = None, trt_compute_capabilities: list[str] | None = None,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export `checkpoint` (a .pt file or a run folder) into `out_dir`.
+
+    Writes generator.onnx and step.onnx (float32 IO for every precision), validates them against the
+    PyTorch reference unless validate=False (validation.json; ValidationError on failure), and with
+    trt=True builds generator.engine and step.engine. Returns
+    {"files": [{"name", "path", "bytes", "seconds"}...], "paths": {name: path}, "validation": report or None,
+     "engines": {name: header}}.
+    Raises CheckpointError (bad checkpoint), ValueError (bad option), TensorRTUnavailable (trt without TensorRT).
+    """
+    batch = check_options(precision, batch, unroll, opset)
+    if trt:
+        from .trt import import_tensorrt
+
+        import_tensorrt()  # fail before the slow part when TensorRT is missing
+    log = log or (lambda msg: None)
+    from ..train.checkpoint import load_models
+
+    cfg, G, D = load_models(checkpoint)
+    out = Path(out_dir)
+    log(f"gcomp export: {checkpoint} ({cfg.size}x{cfg.size}x{cfg.channels}, zdim {cfg.zdim}, gf {cfg.gf}, df {cfg.df}) "
+        f"-> {out} (precision {precision}, batch {batch}, unroll {unroll}, opset {opset})")
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[dict[str, Any]] = []
+
+    def _record(name: str, path: Path, t0: float) -> None:
+        size = path.stat().st_size
+        if size == 0:
+            raise RuntimeError(f"export wrote an empty file: {path}")
+        files.append({"name": name, "path": str(path), "bytes": size, "seconds": time.perf_counter() - t0})
+        log(f"export success {files[-1]['seconds']:.1f} s, saved as {path} ({size / 1e6:.1f} MB)")
+
+    t0 = time.perf_counter()
+    export_generator(G, cfg, out / GENERATOR_FILE, precision, batch, opset)
+    _record("generator", out / GENERATOR_FILE, t0)
+    t0 = time.perf_counter()
+    export_step(G, D, cfg, out / STEP_FILE, precision, batch, unroll, opset)
+    _record("step", out / STEP_FILE, t0)
+
+    report = None
+    if validate:
+        from .validate import validate_export
+
+        report = validate_export(out, G, D, cfg, precision=precision, raise_on_failure=True)
+    engines: dict[str, Any] = {}
+    if trt:
+        from .trt import build_engine
+
+        for name, onnx_file in (("generator", GENERATOR_FILE), ("step", STEP_FILE)):
+            t0 = time.perf_counter()
+            path = out / f"{name}.engine"
+            engines[name] = build_engine(out / onnx_file, path, precision, profile=trt_profile,
+                                         timing_cache=out / "timing.cache",
+                                         compute_capabilities=trt_compute_capabilities)
+            _record(f"{name}.engine", path, t0)
+    return {"files": files, "paths": {f["name"]: f["path"] for f in files}, "validation": report,
+            "engines": engines, "out_dir": str(out)}

@@ -1,0 +1,36 @@
+"""gcomp bench: the report's schema and statistics on a tiny model (no timing assertions)."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from gcomp.cli.app import app  # noqa: E402
+from gcomp.engine.bench import flops_per_iteration  # noqa: E402
+
+
+def test_flops_of_the_seed_model():
+    # G fwd + D fwd + both input-gradients of the 64x64, gf=df=64 DCGAN: ~1.30 GFLOP (DESIGN.md section 5)
+    assert flops_per_iteration(64, 100, 64, 64) == pytest.approx(1.3009e9, rel=1e-4)
+
+
+def test_bench_cli_json(tiny_ckpt, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--backend", "torch,onnxruntime",
+                                 "--iters", "4", "--warmup", "1", "--batch-size", "2,4", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["machine"]["cores"] >= 1 and "numpy" in rep["machine"]["libraries"]
+    names = [x["backend"] for x in rep["runs"]]
+    assert names == ["baseline", "torch", "torch", "onnxruntime", "onnxruntime"]
+    base = rep["runs"][0]["stats"]["images_per_s"]
+    for run in rep["runs"]:
+        s, ms = run["stats"], run["stats"]["step_ms"]
+        assert len(run["latencies_ms"]) == 4
+        assert 0 < ms["min"] <= ms["median"] <= ms["p90"] <= ms["p95"] <= ms["p99"]
+        assert ms["min"] <= ms["mean"]
+        assert s["images_per_s"] == pytest.approx(run["batch"] / (ms["mean"] / 1e3 * 4))
+        assert s["speedup_vs_baseline"] == pytest.approx(s["images_per_s"] / base)
+        assert s["share_of_peak"] is None  # CPU peak unknown
+    assert "images/s" in r.stdout and "speed-up" in r.stdout

@@ -1,0 +1,103 @@
+"""The lean runtime: the onnxruntime backend agrees with the torch oracle and never imports torch."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from synth import make_faces  # noqa: E402
+from gcomp.engine.backends import open_backend  # noqa: E402
+from gcomp.engine.complete import CompleteOptions, complete  # noqa: E402
+from gcomp.engine.search import SearchParams  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt, tmp_path_factory):
+    from gcomp.export import export_model
+
+    out = tmp_path_factory.mktemp("export")
+    export_model(tiny_ckpt, out, validate=False)
+    return out
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def test_search_matches_the_torch_backend(tiny_ckpt, exported):
+    rng = np.random.default_rng(0)
+    with open_backend(tiny_ckpt) as tb, open_backend(exported) as ob:
+        assert ob.name == "onnxruntime" and ob.info.config_hash == tb.info.config_hash
+        n, s = 4, tb.info.size
+        z0 = rng.uniform(-1, 1, (n, tb.info.zdim)).astype(np.float32)
+        y = rng.uniform(-1, 1, (n, 3, s, s)).astype(np.float32)
+        w = np.ones((n, 1, s, s), np.float32)
+        w[:, :, 8:24, 8:24] = 0
+        np.testing.assert_allclose(ob.generate(z0), tb.generate(z0), atol=1e-5)
+        hp = SearchParams(iters=20, lr=3e-4)
+        a, b = tb.search(z0, y, w, hp), ob.search(z0, y, w, hp)
+        # fp32 graphs vs autograd: ~1e-6 per step; 20 steps of a contraction stay well under 1e-3
+        np.testing.assert_allclose(b.z, a.z, atol=1e-3)
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
+
+
+def test_complete_without_torch_matches_torch(tiny_ckpt, exported, tmp_path):
+    """`python -m gcomp complete` on the export folder with torch blocked from import."""
+    src = tmp_path / "in"
+    make_faces(src, n=4)
+    torch_out, ort_out = tmp_path / "torch", tmp_path / "ort"
+    complete(src, torch_out, tiny_ckpt, options=CompleteOptions(search=SearchParams(iters=50)), progress=False)
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        sys.argv = ["gcomp", "complete", {str(src)!r}, {str(ort_out)!r}, "--model", {str(exported)!r},
+                    "--backend", "onnxruntime", "--iters", "50", "--no-progress"]
+        from gcomp.cli.app import main
+        try:
+            main()
+        finally:
+            assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((ort_out / "gcomp-summary.json").read_text())["settings"]["backend"] == "onnxruntime"
+    for f in sorted(src.glob("*.png")):
+        a, b = cv2.imread(str(torch_out / f.name)), cv2.imread(str(ort_out / f.name))
+        assert psnr(a, b) > 35, f.name
+
+
+def test_unroll_must_divide_iters_and_adam_is_refused(exported):
+    from gcomp.engine.backends import BackendError
+
+    with open_backend(exported) as ob:
+        s = ob.info.size
+        args = (np.zeros((1, ob.info.zdim), np.float32), np.zeros((1, 3, s, s), np.float32),
+                np.ones((1, 1, s, s), np.float32))
+        with pytest.raises(BackendError, match="adam"):
+            ob.search(*args, SearchParams(iters=2, optimizer="adam"))
+
+
+def test_mismatched_export_folder_is_refused(exported, tmp_path):
+    import shutil
+
+    from gcomp.engine.backends import BackendError
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(exported / "step.onnx", bad / "step.onnx")
+    with pytest.raises(BackendError, match="generator.onnx"):
+        open_backend(bad).activate()
+    shutil.copy(exported / "step.onnx", bad / "generator.onnx")
+    with pytest.raises(BackendError, match="not a gcomp generator"):
+        open_backend(bad).activate()
