@@ -38,6 +38,8 @@ def complete(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (default: skip them)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: complete only the K-th of N parts of the input."),
     save_progress: bool = typer.Option(False, "--save-progress", help=f"Write snapshot grids every 50 iterations."),
+    face: str = typer.Option("auto", "--face", help="auto: photos larger than the model are cropped around the face "
+                             "OpenCV finds (mask kinds apply to that crop; no face: the whole image); off: never."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
@@ -58,7 +60,7 @@ def complete(
     try:
         opts = CompleteOptions(
             mask=mask, batch_size=batch_size, restarts=restarts, blend=blend, seed=seed, overwrite=overwrite,
-            save_progress=save_progress, shard=_shard(shard) if shard else (0, 1),
+            save_progress=save_progress, face=face, shard=_shard(shard) if shard else (0, 1),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted),
         )
         be = backend

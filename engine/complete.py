@@ -26,6 +26,7 @@ from . import images
 from .backends import Backend, BackendError, open_backend
 from .blend import BLENDS, blend
 from .images import TMP_PREFIX, ImageError, OutputError
+from .faces import FACE_MODES, find_face
 from .masks import MaskError, MaskSpec, context_weights, image_rng, to_model_size
 from .search import SearchParams
 
@@ -46,12 +47,15 @@ class CompleteOptions:
     save_progress: bool = False
     shard: tuple[int, int] = (0, 1)  # (k, n): this process does the k-th of n parts
     workers: int = 4  # decode / encode threads
+    face: str = "auto"  # auto: photos larger than the model are cropped around the face found in them
 
     def __post_init__(self):
         if self.batch_size < 1 or self.restarts < 1:
             raise ValueError("batch size and restarts must be >= 1")
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.face not in FACE_MODES:
+            raise ValueError(f"face must be one of {FACE_MODES}, got {self.face!r}")
         k, n = self.shard
         if not (n >= 1 and 0 <= k < n):
             raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
@@ -71,6 +75,8 @@ class Prepared:
     known: np.ndarray  # full resolution, 1 = known
     y: np.ndarray  # [C, S, S] in [-1, 1]
     w: np.ndarray  # [1, S, S] context weights
+    known_small: np.ndarray | None = None  # [1, S, S]: the mask the search sees (1 = known)
+    box: tuple[int, int, int] | None = None  # (x, y, side): the face crop the search sees, if any
 
 
 @dataclass
@@ -121,15 +127,28 @@ def output_path(src_root: Path, out_root: Path, key: str) -> Path:
     return out_root / key
 
 
-def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool) -> Prepared:
+def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str = "off",
+            log: Callable[[str], None] | None = None) -> Prepared:
     image = images.read(item.path)
-    known = spec.known(item.key, image.shape, size, seed)
-    small = to_model_size(known, size)
+    h, w = image.shape
+    box = None
+    if face == "auto" and spec.kind is not None and max(h, w) > size:
+        box = find_face(image.rgb)
+        if box is None and log is not None:
+            log(f"note: {item.key}: no face found; completing the whole image")
+    if box is None:
+        known = spec.known(item.key, image.shape, size, seed)
+        region = image.rgb
+    else:
+        x, y, side = box
+        known = np.ones((h, w), np.float32)  # the mask kind applies to the face crop
+        known[y:y + side, x:x + side] = spec.known(item.key, (side, side), size, seed)
+        region = image.rgb[y:y + side, x:x + side]
+    small = to_model_size(known if box is None else known[box[1]:box[1] + box[2], box[0]:box[0] + box[2]], size)
     if small.min() == 1:
         raise MaskError(f"{item.key}: the mask leaves nothing to fill")
-    return Prepared(item=item, image=image, known=known,
-                    y=images.to_model_input(image.rgb, size),
-                    w=context_weights(small, weighted)[None])
+    return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
+                    w=context_weights(small, weighted)[None], known_small=small[None], box=box)
 
 
 # -- the per-batch work ------------------------------------------------------------------------
@@ -168,10 +187,7 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
     x = backend.generate(z_best)
     outs = []
     for p, xi in zip(batch, x):
-        fill = images.from_model_output(xi)
-        h, wd = p.image.shape
-        if (h, wd) != fill.shape[:2]:
-            fill = cv2.resize(fill, (wd, h), interpolation=cv2.INTER_CUBIC)
+        fill = paste_fill(p, images.from_model_output(xi))
         fill = blend(p.image.rgb, fill, p.known, opts.blend)
         outs.append(images.composite(p.image.original, fill, p.known))
     stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": res.seconds,
@@ -179,11 +195,22 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
     return outs, stats
 
 
+def paste_fill(p: Prepared, gen: np.ndarray) -> np.ndarray:
+    """G's image at model size -> a full-resolution fill (resized into the face crop, if any)."""
+    h, w = p.image.shape
+    if p.box is None:
+        return gen if gen.shape[:2] == (h, w) else cv2.resize(gen, (w, h), interpolation=cv2.INTER_CUBIC)
+    x, y, side = p.box
+    fill = p.image.rgb.copy()
+    fill[y:y + side, x:x + side] = cv2.resize(gen, (side, side), interpolation=cv2.INTER_CUBIC)
+    return fill
+
+
 def progress_grid(batch: list[Prepared], x: np.ndarray) -> np.ndarray:
     """Each image's current completion at model size, like the seed's hats_imgs snapshots."""
     tiles = []
     for p, xi in zip(batch, x):
-        k = to_model_size(p.known, xi.shape[-1])[None]
+        k = p.known_small
         tiles.append(images.from_model_output(k * p.y + (1 - k) * xi))
     return images.grid(tiles, cols=min(8, len(tiles)))
 
@@ -259,7 +286,7 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
         ahead: deque = deque()
 
         def submit(chunk):
-            return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted)) for it in chunk]
+            return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted, opts.face, log)) for it in chunk]
 
         it_chunks = iter(chunks)
         for chunk in it_chunks:

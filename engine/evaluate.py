@@ -124,9 +124,10 @@ def evaluate(backend: Backend, data, masks=("center", "random", "half", "pattern
             batch = []
             for key, rgb in chunk:
                 known = spec.known(key, rgb.shape[:2], size, opts.seed)
+                small = to_model_size(known, size)
                 batch.append(Prepared(Item(Path(key), key, Path(key)), images.Image(rgb, rgb), known,
                                       images.to_model_input(rgb, size),
-                                      context_weights(to_model_size(known, size), opts.search.weighted)[None]))
+                                      context_weights(small, opts.search.weighted)[None], small[None]))
             on_prog = None
             if curve_every:
                 def on_prog(i, z, batch=batch):

@@ -107,7 +107,7 @@ def test_restart_selection_keeps_the_lowest_final_loss():
         rgb = np.zeros((8, 8, 3), np.uint8)
         known = make_mask("center", 8)
         items.append(Prepared(Item(None, f"im{i}.png", None), images.Image(rgb, rgb), known,
-                              images.to_model_input(rgb, 8), known[None]))
+                              images.to_model_input(rgb, 8), known[None], known[None]))
     be = _FakeBackend([5.0, 1.0, 3.0, 7.0, 2.0, 9.0])  # image 0: restart 1; image 1: restart 1
     opts = CompleteOptions(restarts=3, search=SearchParams(iters=1))
     outs, stats = complete_batch(be, items, opts)
@@ -140,3 +140,29 @@ def test_poisson_blend_of_the_image_itself_is_the_identity():
         known = make_mask(kind, 40, rng=rng)
         out = blend(rgb, rgb.copy(), known, "poisson")
         assert np.abs(out.astype(int) - rgb).max() <= 3, kind
+
+
+def test_face_crop_on_a_real_photo(tiny_ckpt, tmp_path):
+    """scikit-image's astronaut (public domain): the hole is the center of the face crop, at full resolution."""
+    from skimage import data
+
+    from gcomp.engine.faces import find_face
+
+    rgb = data.astronaut()
+    x, y, side = find_face(rgb)
+    assert 150 < x < 220 and 50 < y < 110 and 70 < side < 110  # her face, not the flag or the helmet
+    src = tmp_path / "in"
+    images.write_rgb(src / "astronaut.png", rgb)
+    images.write_rgb(src / "noise.png", cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (80, 80, 3), np.uint8), (9, 9), 3))
+    r = runner.invoke(app, ["complete", str(src), str(tmp_path / "out"), "--model", str(tiny_ckpt), "--iters", "3",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "noise.png: no face found" in r.stderr
+    out = cv2.cvtColor(_read(tmp_path / "out" / "astronaut.png"), cv2.COLOR_BGR2RGB)
+    hole = np.zeros(rgb.shape[:2], bool)
+    hole[y:y + side, x:x + side] = cv2.resize(make_mask("center", 32), (side, side), interpolation=cv2.INTER_NEAREST) == 0
+    assert np.array_equal(out[~hole], rgb[~hole]) and not np.array_equal(out[hole], rgb[hole])
+    r = runner.invoke(app, ["complete", str(src / "astronaut.png"), str(tmp_path / "off.png"), "--model", str(tiny_ckpt),
+                            "--iters", "1", "--face", "off", "--no-progress"])
+    off = cv2.cvtColor(_read(tmp_path / "off.png"), cv2.COLOR_BGR2RGB)
+    assert not np.array_equal(off[200:300, 200:300], rgb[200:300, 200:300])  # the whole image's center instead
