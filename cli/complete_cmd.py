@@ -20,10 +20,11 @@ def _shard(value: str) -> tuple[int, int]:
 def complete(
     input: Path = typer.Argument(..., help="An image, or a folder (searched recursively)."),
     output: Path = typer.Argument(..., help="Output folder (mirrors the input tree), or an image path for one input image."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint (.pt or run folder) or an export folder."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint (.pt or run folder) or an export folder "
+                                         "(default: the bundled 64x64 face model, ONNX Runtime on CPU)."),
     mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "
                              "grid[:step], lowres[:step], pattern[:fraction], full; or a mask file / folder (white = fill)."),
-    iters: int = typer.Option(1000, "--iters", help="Search iterations per image."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Search iterations per image (default: the model's recommended, else the seed's 1000)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
     restarts: int = typer.Option(1, "--restarts", help="Random latents per image; the lowest final loss wins."),
     blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
@@ -31,7 +32,7 @@ def complete(
     backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime), torch, onnxruntime."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: 0.01 for momentum, 0.03 for adam)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: the model's recommended, else 0.01 for momentum, 0.03 for adam)."),
     momentum: float = typer.Option(0.9, "--momentum"),
     lam: float = typer.Option(0.1, "--lam", help="Weight of the perceptual (discriminator) loss."),
     weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
@@ -69,7 +70,9 @@ def complete(
 
             if backend not in ("auto", "onnxruntime") or (backend == "auto" and model and backend_for(model) != "onnxruntime"):
                 raise ValueError("--threads applies to the onnxruntime backend")
-            be = open_backend(model or "", "onnxruntime", device, threads=threads)
+            from ..engine.complete import default_model
+
+            be = open_backend(model or default_model(), "onnxruntime", device, threads=threads)
         summary = run(input, output, model, backend=be, device=device, options=opts, progress=progress)
     except user_errors as e:
         raise fail(str(e)) from None

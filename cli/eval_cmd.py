@@ -12,9 +12,9 @@ from .errors import fail
 
 def evaluate(
     data: Path = typer.Argument(..., help="A folder or a tar of images (e.g. ../shared/data/celeba64/val.tar)."),
-    model: Path = typer.Option(..., "--model", "-m", help="A checkpoint or an export folder."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint or an export folder (default: the bundled model)."),
     mask: str = typer.Option("center,random,half,pattern", "--mask", help="Comma-separated mask kinds (half = left)."),
-    iters: int = typer.Option(1000, "--iters"),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Default: the model's recommended, else the seed's 1000."),
     limit: int = typer.Option(100, "--limit", help="Images per mask kind (the first N)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
     lr: Optional[float] = typer.Option(None, "--lr"),
@@ -44,12 +44,14 @@ def evaluate(
     try:
         opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed,
                                search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer))
-        with open_backend(model, backend, device) as be:
-            results, pictures = run(be, data, kinds, opts, limit, curve_every or max(iters // 20, 1),
+        from ..engine.complete import default_model
+
+        with open_backend(model or default_model(), backend, device) as be:
+            results, pictures = run(be, data, kinds, opts, limit, curve_every or None,
                                     log=lambda m: typer.echo(m, err=True))
     except (BackendError, MaskError, ValueError, OSError) as e:
         raise fail(str(e)) from None
-    t = Table(title=f"gcomp eval on {data} ({results[0].n} images, {iters} iterations)")
+    t = Table(title=f"gcomp eval on {data} ({results[0].n} images, {results[0].search['iters']} iterations)")
     for c in ("mask", "method", "PSNR dB", "PSNR hole dB", "SSIM", "L1 hole"):
         t.add_column(c, justify="left" if c in ("mask", "method") else "right")
     for r in results:
@@ -64,7 +66,7 @@ def evaluate(
         console = Console(width=140)
     console.print(t)
     if json_path:
-        report = {"data": str(data), "model": str(model), "iters": iters, "results": [r.__dict__ for r in results],
+        report = {"data": str(data), "model": str(model), "iters": results[0].search["iters"], "results": [r.__dict__ for r in results],
                   "paper_psnr": PAPER_PSNR, "search": opts.search.as_dict()}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -227,9 +227,15 @@ def check_writable(folder: Path) -> None:
         raise OutputError(f"output folder {folder} is not writable: {e.strerror or e}") from None
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
 def default_model() -> Path:
-    raise BackendError("no --model given and gcomp has no bundled model yet: train one with "
-                       "`gcomp train DATA --out RUN` and pass --model RUN")
+    """The model that ships inside the package (ONNX, runs without torch)."""
+    if not (DEFAULT_MODEL / "step.onnx").is_file():
+        raise BackendError(f"no --model given and the bundled model is missing from {DEFAULT_MODEL}: "
+                           "train one with `gcomp train DATA --out RUN` and pass --model RUN")
+    return DEFAULT_MODEL
 
 
 def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | None = None, *,
@@ -253,8 +259,11 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     images.remove_stale_temps(out_dir, tag)
 
     given = isinstance(backend, Backend)  # the caller activates and closes it
-    be = backend if given else open_backend(model or default_model(), backend, device)
+    if not given and model is None:
+        model = default_model()
+    be = backend if given else open_backend(model, backend, device)
     be.activate()
+    opts = replace(opts, search=opts.search.resolved(be.info.meta.get("defaults")))
     summary = Summary(settings={
         "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
         "backend": be.name, "device": device, "mask": spec.describe(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -101,12 +101,18 @@ class KindResult:
     scores: dict = field(default_factory=dict)  # method -> metric -> mean
     psnr_by_iter: list = field(default_factory=list)  # (iteration, mean whole-image PSNR)
     seconds: float = 0.0
+    search: dict = field(default_factory=dict)  # the settings used, after the model's defaults
 
 
 def evaluate(backend: Backend, data, masks=("center", "random", "half", "pattern"), opts: CompleteOptions | None = None,
-             limit: int | None = 100, curve_every: int = 0, log=print) -> tuple[list[KindResult], dict]:
-    """Complete `limit` images of `data` per mask kind; returns per-kind means and the picture rows."""
+             limit: int | None = 100, curve_every: int | None = None, log=print) -> tuple[list[KindResult], dict]:
+    """Complete `limit` images of `data` per mask kind; returns per-kind means and the picture rows.
+
+    curve_every: record the whole-image PSNR every N iterations (None: iters / 20; 0: never)."""
     opts = opts or CompleteOptions()
+    opts = replace(opts, search=opts.search.resolved(backend.info.meta.get("defaults")))
+    if curve_every is None:
+        curve_every = max(opts.search.iters // 20, 1)
     size = backend.info.size
     faces = [(k, cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[:2] != (size, size) else im)
              for k, im in read_images(data, limit)]
@@ -115,7 +121,7 @@ def evaluate(backend: Backend, data, masks=("center", "random", "half", "pattern
     results, pictures = [], {}
     for kind in masks:
         spec = MaskSpec.parse(ALIASES.get(kind, kind))
-        res = KindResult(kind, n=len(faces))
+        res = KindResult(kind, n=len(faces), search=opts.search.as_dict())
         per = {m: [] for m in ("gcomp", "telea", "ns")}
         curve: dict[int, list[float]] = {}
         t0 = time.perf_counter()

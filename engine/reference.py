@@ -42,6 +42,7 @@ def search(G, D, z0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, hp: SearchP
 
     callback(i, z, loss) is called after each iteration i (0-based) with the new z and the loss at the old one.
     """
+    hp = hp.resolved()
     z = z0.clone()
     v = torch.zeros_like(z)  # momentum buffer, or Adam's first moment
     s = torch.zeros_like(z)  # Adam's second moment

@@ -1,21 +1,25 @@
 """The latent search's settings and the seed's update rule, shared by every backend (numpy only)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 OPTIMIZERS = ("momentum", "adam")
+SEED_ITERS = 1000
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Defaults are the seed's (bamos/dcgan-completion.tensorflow): the faithful baseline.
 
-    lr=None picks the optimizer's default: 0.01 for the seed's momentum, 0.03 for Adam.
+    iters=None and lr=None mean "the model's recommended value": an exported model may carry
+    tuned `defaults` in its metadata (see `resolved`); otherwise the seed's 1000 iterations, and
+    lr 0.01 for the seed's momentum or 0.03 for Adam.
     """
 
-    iters: int = 1000
+    iters: int | None = None
     lr: float | None = None
     momentum: float = 0.9
     lam: float = 0.1
@@ -28,7 +32,7 @@ class SearchParams:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.iters < 0:
+        if self.iters is not None and self.iters < 0:
             raise ValueError(f"iters must be >= 0, got {self.iters}")
 
     @property
@@ -36,6 +40,15 @@ class SearchParams:
         if self.lr is not None:
             return self.lr
         return 0.01 if self.optimizer == "momentum" else 0.03
+
+    def resolved(self, model_defaults: dict | str | None = None) -> "SearchParams":
+        """Fill iters / lr left as None from the model's defaults, else from the seed's."""
+        d = json.loads(model_defaults) if isinstance(model_defaults, str) else (model_defaults or {})
+        iters = self.iters if self.iters is not None else int(d.get("iters", SEED_ITERS))
+        lr = self.lr
+        if lr is None and "lr" in d and d.get("optimizer", "momentum") == self.optimizer:
+            lr = float(d["lr"])
+        return replace(self, iters=iters, lr=lr if lr is not None else self.step_lr)
 
     def as_dict(self) -> dict:
         return asdict(self) | {"lr": self.step_lr}

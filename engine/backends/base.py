@@ -89,6 +89,7 @@ class Backend:
                callback: ProgressFn | None = None) -> SearchResult:
         if hp.optimizer != "momentum":
             raise BackendError(f"the {self.name} backend runs the momentum optimizer only (got {hp.optimizer})")
+        hp = hp.resolved(self.info.meta.get("defaults") if self.info else None)
         t0 = time.perf_counter()
         z = np.ascontiguousarray(z0, np.float32)
         v = np.zeros_like(z)

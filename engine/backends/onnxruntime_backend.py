@@ -125,6 +125,7 @@ class OnnxRuntimeBackend(Backend):
         return self.step(z, np.zeros_like(z), y, w, 0.0, 0.0, lam)[2]
 
     def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
+        hp = hp.resolved(self.info.meta.get("defaults"))
         if hp.optimizer != "momentum":
             raise BackendError("the exported step graph runs the seed's momentum optimizer; "
                                "use --backend torch for --optimizer adam")
