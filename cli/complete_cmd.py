@@ -29,7 +29,7 @@ def complete(
     restarts: int = typer.Option(1, "--restarts", help="Random latents per image; the lowest final loss wins."),
     blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime), torch, onnxruntime."),
+    backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, tensorrt."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: the model's recommended, else 0.01 for momentum, 0.03 for adam)."),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import struct
 import time
 from pathlib import Path
@@ -129,20 +130,22 @@ def import_tensorrt():
 
 
 def current_compute_capability() -> str | None:
-    """The first CUDA GPU's compute capability as "8.6", or None when none is visible."""
-    try:
-        import torch
+    """The first CUDA GPU's compute capability as "8.6", or None when none is visible.
 
-        if torch.cuda.is_available():
-            return _cc_str(torch.cuda.get_device_capability(0))
-    except Exception:
-        pass
+    cuda-python first; torch only when the caller already imported it (the runtime never imports torch).
+    """
     try:
         from cuda.bindings import runtime as cudart  # cuda-python
 
         err, props = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
             return f"{props.major}.{props.minor}"
+    except Exception:
+        pass
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return _cc_str(torch.cuda.get_device_capability(0))
     except Exception:
         pass
     return None

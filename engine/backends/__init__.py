@@ -39,7 +39,9 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
 
         return OnnxRuntimeBackend(model, device=device, **options)
     if name == "tensorrt":
-        raise BackendError("the tensorrt backend is not available yet: use --backend onnxruntime on the export folder")
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(model, device="cuda" if device == "cpu" else device, **options)
     raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
 
 
