@@ -15,10 +15,10 @@ def _list(s: str) -> list[str]:
 
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint; default: the default architecture with random weights (timings do not depend on weights)."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="Comma-separated: torch, onnxruntime."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="Comma-separated: torch, onnxruntime, openvino, tensorrt."),
     batch_size: str = typer.Option("64", "--batch-size", "-b", help="Comma-separated batch sizes."),
     iters: int = typer.Option(20, "--iters", help="Timed steps per run; images/s is reported for this many iterations per image."),
-    precision: str = typer.Option("fp32", "--precision", help="Comma-separated: fp32, fp16 (ONNX exports)."),
+    precision: str = typer.Option("fp32", "--precision", help="Comma-separated: fp32, fp16, bf16 (onnxruntime: the export's precision; openvino: its inference precision)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),

@@ -29,7 +29,7 @@ def complete(
     restarts: int = typer.Option(1, "--restarts", help="Random latents per image; the lowest final loss wins."),
     blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, tensorrt."),
+    backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, openvino, tensorrt."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: the model's recommended, else 0.01 for momentum, 0.03 for adam)."),
@@ -41,7 +41,9 @@ def complete(
     save_progress: bool = typer.Option(False, "--save-progress", help=f"Write snapshot grids every 50 iterations."),
     face: str = typer.Option("auto", "--face", help="auto: photos larger than the model are cropped around the face "
                              "OpenCV finds (mask kinds apply to that crop; no face: the whole image); off: never."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime / openvino: CPU threads (default: all cores)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="openvino: inference streams."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Complete the masked region of each image with the GAN whose latent best explains the rest."""
@@ -64,16 +66,10 @@ def complete(
             save_progress=save_progress, face=face, shard=_shard(shard) if shard else (0, 1),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted),
         )
-        be = backend
-        if threads is not None:
-            from ..engine.backends import backend_for, open_backend
-
-            if backend not in ("auto", "onnxruntime") or (backend == "auto" and model and backend_for(model) != "onnxruntime"):
-                raise ValueError("--threads applies to the onnxruntime backend")
-            from ..engine.complete import default_model
-
-            be = open_backend(model or default_model(), "onnxruntime", device, threads=threads)
-        summary = run(input, output, model, backend=be, device=device, options=opts, progress=progress)
+        backend_options = {k: v for k, v in (("threads", threads), ("precision", precision), ("streams", streams))
+                           if v is not None}
+        summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress,
+                      backend_options=backend_options)
     except user_errors as e:
         raise fail(str(e)) from None
     typer.echo(f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)} "

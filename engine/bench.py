@@ -177,17 +177,20 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
             if name == "torch" and prec != "fp32":
                 log(f"skip torch {prec}: the torch backend runs the fp32 reference")
                 continue
-            target = ckpt
-            if name == "onnxruntime":
+            target, options = ckpt, {}
+            if name in ("onnxruntime", "openvino", "tensorrt"):
                 from ..export import export_model
 
-                target = tmp / f"onnx-{prec}"
+                # openvino picks its inference precision itself, from the fp32 graph
+                graph_prec = "fp32" if name == "openvino" else prec
+                options = {"precision": prec} if name == "openvino" else {}
+                target = tmp / f"onnx-{graph_prec}"
                 if not (target / "step.onnx").exists():
-                    log(f"exporting {prec} ONNX graphs to {target} ...")
-                    export_model(ckpt, target, precision=prec, validate=False)
+                    log(f"exporting {graph_prec} ONNX graphs to {target} ...")
+                    export_model(ckpt, target, precision=graph_prec, validate=False, trt=name == "tensorrt")
             for b in batch_sizes:
                 log(f"{name} {prec} batch {b}: {iters} steps ...")
-                with open_backend(target, name, device) as be:
+                with open_backend(target, name, device, **options) as be:
                     t = time_backend(be, b, iters, warmup, prec, device)
                 t.summarize(iters, flops, _peak(device, prec, machine["gpu"]), base_ips)
                 runs.append(t)

@@ -240,7 +240,8 @@ def default_model() -> Path:
 
 def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | None = None, *,
              backend: str | Backend = "auto", device: str = "cpu", options: CompleteOptions | None = None,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> Summary:
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             backend_options: dict | None = None) -> Summary:
     """Complete every image under `input` into `output` (same relative names and formats).
 
     Per-image problems (unreadable file, missing mask) are reported through `log` and in the
@@ -261,7 +262,7 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     given = isinstance(backend, Backend)  # the caller activates and closes it
     if not given and model is None:
         model = default_model()
-    be = backend if given else open_backend(model, backend, device)
+    be = backend if given else open_backend(model, backend, device, **(backend_options or {}))
     be.activate()
     opts = replace(opts, search=opts.search.resolved(be.info.meta.get("defaults")))
     summary = Summary(settings={

@@ -1,6 +1,7 @@
 """Backends, picked by name or, under 'auto', by what the model path is (Ultralytics' suffix table)."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from .base import Backend, BackendError, ModelInfo, SearchResult
@@ -11,7 +12,7 @@ FORMATS = (
     ("onnxruntime", (".onnx",), "step.onnx"),
     ("tensorrt", (".engine", ".plan"), "step.engine"),
 )
-NAMES = tuple(f[0] for f in FORMATS)
+NAMES = tuple(f[0] for f in FORMATS) + ("openvino",)  # openvino reads the onnxruntime format
 
 
 def backend_for(model: str | Path) -> str:
@@ -26,23 +27,30 @@ def backend_for(model: str | Path) -> str:
 
 
 def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", **options) -> Backend:
-    """An inactive backend for `model`; use it as a context manager or call activate()."""
+    """An inactive backend for `model`; use it as a context manager or call activate().
+
+    options go to the backend (threads, precision, streams, ...); one it does not take is an error.
+    """
     if not Path(model).exists():
         raise BackendError(f"model not found: {model}")
     name = backend_for(model) if backend == "auto" else backend
     if name == "torch":
-        from .torch_backend import TorchBackend
+        from .torch_backend import TorchBackend as cls
+    elif name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend as cls
+    elif name == "openvino":
+        from .openvino_backend import OpenVINOBackend as cls
+    elif name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend as cls
 
-        return TorchBackend(model, device=device)
-    if name == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, device=device, **options)
-    if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(model, device="cuda" if device == "cpu" else device, **options)
-    raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
+        device = "cuda" if device == "cpu" else device
+    else:
+        raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
+    params = inspect.signature(cls.__init__).parameters
+    wrong = [k for k in options if k not in params]
+    if wrong:
+        raise BackendError(f"{', '.join('--' + k for k in wrong)} does not apply to the {name} backend")
+    return cls(model, device=device, **options)
 
 
 __all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "backend_for", "NAMES"]

@@ -48,6 +48,8 @@ class Backend:
     name = "base"
     #: a batch size the model was built for (static engines); None = any
     fixed_batch: int | None = None
+    #: search steps per call of step() (an exported graph may unroll K steps)
+    unroll: int = 1
 
     def __init__(self):
         self.info: ModelInfo | None = None
@@ -87,18 +89,21 @@ class Backend:
 
     def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
                callback: ProgressFn | None = None) -> SearchResult:
-        if hp.optimizer != "momentum":
-            raise BackendError(f"the {self.name} backend runs the momentum optimizer only (got {hp.optimizer})")
         hp = hp.resolved(self.info.meta.get("defaults") if self.info else None)
+        if hp.optimizer != "momentum":
+            raise BackendError(f"the {self.name} backend runs the seed's momentum optimizer only "
+                               f"(got {hp.optimizer}); use --backend torch for adam")
+        if hp.iters % self.unroll:
+            raise BackendError(f"--iters {hp.iters} is not a multiple of the graph's unroll {self.unroll}")
         t0 = time.perf_counter()
         z = np.ascontiguousarray(z0, np.float32)
         v = np.zeros_like(z)
         history = []
-        for i in range(hp.iters):
+        for call in range(hp.iters // self.unroll):
             z, v, loss = self.step(z, v, y, w, hp.step_lr, hp.momentum, hp.lam)
-            history.append(float(np.mean(loss)))
+            history += [float(np.mean(loss))] * self.unroll
             if callback is not None:
-                callback(i, z)
+                callback((call + 1) * self.unroll - 1, z)
         final = self.loss(z, y, w, hp.lam)
         return SearchResult(z=z, loss=final, history=history, seconds=time.perf_counter() - t0)
 

@@ -13,28 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, ModelInfo, SearchResult
-
-STEP_INPUTS = ("z", "v", "y", "w", "lr", "momentum", "lam")
-
-
-def _int(meta: dict, key: str, path: Path) -> int:
-    try:
-        return int(meta[key])
-    except (KeyError, ValueError):
-        raise BackendError(f"{path}: metadata key {key!r} missing or not an integer; "
-                           f"was it written by `gcomp export`?") from None
-
-
-def model_files(model: str | Path) -> tuple[Path, Path]:
-    """(generator.onnx, step.onnx) from an export folder or from either file's path."""
-    p = Path(model)
-    folder = p if p.is_dir() else p.parent
-    gen, step = folder / "generator.onnx", folder / "step.onnx"
-    missing = [f.name for f in (gen, step) if not f.is_file()]
-    if missing:
-        raise BackendError(f"{folder}: missing {', '.join(missing)} (run `gcomp export CHECKPOINT --out {folder}`)")
-    return gen, step
+from .base import Backend, BackendError, SearchResult
+from .exported import export_info, model_files
 
 
 class OnnxRuntimeBackend(Backend):
@@ -64,21 +44,9 @@ class OnnxRuntimeBackend(Backend):
                                "pip uninstall onnxruntime && pip install onnxruntime-gpu")
         self.gen = self._session(gen_path, graph=False)
         self.step_sess = self._session(step_path, graph=False)
-        gmeta = self.gen.get_modelmeta().custom_metadata_map
-        smeta = self.step_sess.get_modelmeta().custom_metadata_map
-        for path, meta, kind in ((gen_path, gmeta, "generator"), (step_path, smeta, "step")):
-            if meta.get("gcomp_kind") != kind:
-                raise BackendError(f"{path}: not a gcomp {kind} graph (metadata gcomp_kind="
-                                   f"{meta.get('gcomp_kind')!r}); re-export it with `gcomp export`")
-        if gmeta.get("config_hash") != smeta.get("config_hash"):
-            raise BackendError(f"{gen_path.parent}: generator.onnx and step.onnx come from different models "
-                               f"(config hashes {gmeta.get('config_hash')} vs {smeta.get('config_hash')})")
-        self.unroll = _int(smeta, "unroll", step_path)
-        batch = smeta.get("batch", "dynamic")
-        self.fixed_batch = int(batch) if batch.isdigit() else None
-        self.info = ModelInfo(size=_int(smeta, "size", step_path), zdim=_int(smeta, "zdim", step_path),
-                              channels=_int(smeta, "channels", step_path), config_hash=smeta.get("config_hash", ""),
-                              source=str(step_path.parent), meta=dict(smeta))
+        self.info, self.unroll, self.fixed_batch = export_info(
+            gen_path, self.gen.get_modelmeta().custom_metadata_map,
+            step_path, self.step_sess.get_modelmeta().custom_metadata_map)
         if self.on_cuda and self.cuda_graph and self.fixed_batch:
             # A second session of the step graph, with CUDA graph capture on (fixed shapes only).
             self.step_graph_sess = self._session(step_path, graph=True)
@@ -125,25 +93,11 @@ class OnnxRuntimeBackend(Backend):
         return self.step(z, np.zeros_like(z), y, w, 0.0, 0.0, lam)[2]
 
     def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
-        hp = hp.resolved(self.info.meta.get("defaults"))
-        if hp.optimizer != "momentum":
-            raise BackendError("the exported step graph runs the seed's momentum optimizer; "
-                               "use --backend torch for --optimizer adam")
-        if hp.iters % self.unroll:
-            raise BackendError(f"--iters {hp.iters} is not a multiple of the graph's unroll {self.unroll}")
         if self.on_cuda and callback is None:
-            return self._search_cuda(z0, y, w, hp)
-        t0 = time.perf_counter()
-        feed = self._feed(z0, np.zeros_like(z0), y, w, hp.step_lr, hp.momentum, hp.lam)
-        history = []
-        for call in range(hp.iters // self.unroll):
-            feed["z"], feed["v"], loss = self.step_sess.run(["z_out", "v_out", "loss"], feed)
-            history += [float(loss.mean())] * self.unroll
-            if callback is not None:
-                callback((call + 1) * self.unroll - 1, feed["z"])
-        z = feed["z"]
-        final = self.loss(z, y, w, hp.lam)
-        return SearchResult(z=z, loss=final, history=history, seconds=time.perf_counter() - t0)
+            hp = hp.resolved(self.info.meta.get("defaults"))
+            if hp.optimizer == "momentum" and hp.iters % self.unroll == 0:
+                return self._search_cuda(z0, y, w, hp)
+        return super().search(z0, y, w, hp, callback)  # host loop; it also explains what is refused
 
     def _search_cuda(self, z0, y, w, hp: SearchParams) -> SearchResult:
         """Device-resident loop: z/v ping-pong between two OrtValue pairs; losses stay on the GPU

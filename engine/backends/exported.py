@@ -1,0 +1,53 @@
+"""What every backend of `gcomp export`'s ONNX files shares: finding them and checking their metadata."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import BackendError, ModelInfo
+
+
+def model_files(model: str | Path) -> tuple[Path, Path]:
+    """(generator.onnx, step.onnx) from an export folder or from either file's path."""
+    p = Path(model)
+    folder = p if p.is_dir() else p.parent
+    gen, step = folder / "generator.onnx", folder / "step.onnx"
+    missing = [f.name for f in (gen, step) if not f.is_file()]
+    if missing:
+        raise BackendError(f"{folder}: missing {', '.join(missing)} (run `gcomp export CHECKPOINT --out {folder}`)")
+    return gen, step
+
+
+def _int(meta: dict, key: str, path: Path) -> int:
+    try:
+        return int(meta[key])
+    except (KeyError, ValueError):
+        raise BackendError(f"{path}: metadata key {key!r} missing or not an integer; "
+                           f"was it written by `gcomp export`?") from None
+
+
+def export_info(gen_path: Path, gmeta: dict, step_path: Path, smeta: dict) -> tuple[ModelInfo, int, int | None]:
+    """(ModelInfo, unroll, fixed batch or None) from the two graphs' metadata (string values),
+    refusing files that are not gcomp's or that come from two different models."""
+    for path, meta, kind in ((gen_path, gmeta, "generator"), (step_path, smeta, "step")):
+        if meta.get("gcomp_kind") != kind:
+            raise BackendError(f"{path}: not a gcomp {kind} graph (metadata gcomp_kind="
+                               f"{meta.get('gcomp_kind')!r}); re-export it with `gcomp export`")
+    if gmeta.get("config_hash") != smeta.get("config_hash"):
+        raise BackendError(f"{gen_path.parent}: generator.onnx and step.onnx come from different models "
+                           f"(config hashes {gmeta.get('config_hash')} vs {smeta.get('config_hash')})")
+    batch = str(smeta.get("batch", "dynamic"))
+    info = ModelInfo(size=_int(smeta, "size", step_path), zdim=_int(smeta, "zdim", step_path),
+                     channels=_int(smeta, "channels", step_path), config_hash=str(smeta.get("config_hash", "")),
+                     source=str(step_path.parent), meta=dict(smeta))
+    return info, _int(smeta, "unroll", step_path), int(batch) if batch.isdigit() else None
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The raw metadata_props of an ONNX file (for runtimes that do not expose them)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf errors, truncated files
+        raise BackendError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    return {p.key: p.value for p in model.metadata_props}

@@ -1,0 +1,113 @@
+"""The openvino backend against the torch oracle; precision choice; the compiled-model cache."""
+import numpy as np
+import pytest
+
+from gcomp.engine.backends import BackendError, open_backend
+from gcomp.engine.backends.openvino_backend import cpu_has_native_bf16, pick_precision
+
+
+def test_auto_precision_follows_the_cpu():
+    assert cpu_has_native_bf16("flags\t\t: fpu sse avx2\n") is False
+    assert cpu_has_native_bf16("flags\t\t: fpu avx512f avx512_bf16\n") is True
+    assert pick_precision("auto", native_bf16=False) == "fp32"
+    assert pick_precision("auto", native_bf16=True) == "bf16"
+    assert pick_precision("bf16", native_bf16=False) == "bf16"
+    with pytest.raises(BackendError):
+        pick_precision("int4")
+
+
+def test_missing_openvino_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("no openvino")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(BackendError, match=r"gcomp\[openvino\]"):
+        open_backend(tmp_path, "openvino").activate()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt, tmp_path_factory):
+    pytest.importorskip("torch")
+    from gcomp.export import export_model
+
+    out = tmp_path_factory.mktemp("ovexport")
+    export_model(tiny_ckpt, out, validate=False)
+    return out
+
+
+def test_matches_the_torch_reference_and_caches(tiny_ckpt, exported):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    from gcomp.engine.search import SearchParams
+
+    rng = np.random.default_rng(0)
+    with open_backend(tiny_ckpt, "torch") as tb, open_backend(exported, "openvino", precision="fp32") as vb:
+        s = tb.info.size
+        z0 = rng.uniform(-1, 1, (3, tb.info.zdim)).astype(np.float32)
+        y = rng.uniform(-1, 1, (3, 3, s, s)).astype(np.float32)
+        w = np.ones((3, 1, s, s), np.float32)
+        w[:, :, 8:24, 8:24] = 0
+        np.testing.assert_allclose(vb.generate(z0), tb.generate(z0), atol=1e-4)
+        hp = SearchParams(iters=10, lr=3e-4)
+        a, b = tb.search(z0, y, w, hp), vb.search(z0, y, w, hp)
+        np.testing.assert_allclose(b.z, a.z, atol=1e-3)  # the same tolerance as onnxruntime's test
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
+        cache = vb.cache_dir
+    assert any(cache.iterdir())  # compiled models were cached
+
+
+def test_cache_is_not_stale_when_the_model_changes(exported, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    import shutil
+
+    from gcomp.export import write_metadata
+
+    m = tmp_path / "m"
+    shutil.copytree(exported, m, ignore=shutil.ignore_patterns(".openvino_cache"))
+    with open_backend(m, "openvino", precision="fp32") as vb:
+        before = vb.cache_dir
+        z = np.zeros((1, vb.info.zdim), np.float32)
+        x0 = vb.generate(z)
+    # a different model in the same files: new cache entries, and the new model's output
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(m / "generator.onnx")
+    for init in g.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 4:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2, init.name))
+            break
+    onnx.save(g, m / "generator.onnx")
+    write_metadata(m / "generator.onnx", {})
+    with open_backend(m, "openvino", precision="fp32") as vb:
+        after = vb.cache_dir
+        x1 = vb.generate(z)
+    assert after != before and any(after.iterdir()) and not np.allclose(x0, x1)
+
+
+def test_cli_openvino_equals_onnxruntime(exported, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    import cv2
+    from synth import make_faces
+    from typer.testing import CliRunner
+
+    from gcomp.cli.app import app
+
+    src = tmp_path / "in"
+    make_faces(src, n=3)
+    run = CliRunner().invoke
+    for be in ("onnxruntime", "openvino"):
+        r = run(app, ["complete", str(src), str(tmp_path / be), "--model", str(exported), "--backend", be,
+                      "--iters", "20", "--lr", "3e-4", "--threads", "2", "--no-progress"])
+        assert r.exit_code == 0, r.output
+    for f in src.glob("*.png"):
+        a, b = (cv2.imread(str(tmp_path / be / f.name)).astype(float) for be in ("onnxruntime", "openvino"))
+        assert 10 * np.log10(255**2 / max(np.mean((a - b) ** 2), 1e-12)) > 40
+    r = run(app, ["complete", str(src), str(tmp_path / "x"), "--model", str(exported), "--backend", "onnxruntime",
+                  "--precision", "bf16"])
+    assert r.exit_code == 2 and "--precision does not apply to the onnxruntime backend" in r.stderr
