@@ -20,6 +20,9 @@ from .masks import make_mask
 from .search import momentum_update
 
 BASELINE_BATCH = 64
+UNSUPPORTED = {("torch", "fp16"): "the torch backend runs the fp32 reference",
+               ("torch", "bf16"): "the torch backend runs the fp32 reference",
+               ("openvino", "fp16"): "OpenVINO's CPU plugin infers in fp32 or bf16"}
 # Dense peak FLOP/s by (device-name fragment, precision), from NVIDIA's data sheets (SXM parts).
 PEAKS = {("H100", "fp32"): 67e12, ("H100", "tf32"): 495e12, ("H100", "fp16"): 989e12, ("H100", "bf16"): 989e12,
          ("H200", "fp32"): 67e12, ("H200", "tf32"): 495e12, ("H200", "fp16"): 989e12, ("H200", "bf16"): 989e12}
@@ -174,8 +177,8 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
     runs = [base]
     for name in backends:
         for prec in precisions:
-            if name == "torch" and prec != "fp32":
-                log(f"skip torch {prec}: the torch backend runs the fp32 reference")
+            if (name, prec) in UNSUPPORTED:
+                log(f"skip {name} {prec}: {UNSUPPORTED[name, prec]}")
                 continue
             target, options = ckpt, {}
             if name in ("onnxruntime", "openvino", "tensorrt"):
