@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
-from . import bench_cmd, complete_cmd, eval_cmd, export_cmd, train_cmd
+from . import bench_cmd, complete_cmd, encoder_cmd, eval_cmd, export_cmd, train_cmd
 
 app = typer.Typer(
     name="gcomp",
@@ -36,6 +36,7 @@ app.command("train")(train_cmd.train)
 app.command("bench")(bench_cmd.bench)
 app.command("eval")(eval_cmd.evaluate)
 app.command("export")(export_cmd.export)
+app.command("train-encoder")(encoder_cmd.train_encoder)
 
 
 def main() -> None:

@@ -26,7 +26,9 @@ def complete(
                              "grid[:step], lowres[:step], pattern[:fraction], full; or a mask file / folder (white = fill)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Search iterations per image (default: the model's recommended, else the seed's 1000)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
-    restarts: int = typer.Option(1, "--restarts", help="Random latents per image; the lowest final loss wins."),
+    restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
+    init: str = typer.Option("auto", "--init", help="Starting latent: auto (the model's encoder.onnx if it has one, else random), encoder, random."),
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop an image after N steps without improvement; 0 never (default: the model's recommendation, else never)."),
     blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
     backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, openvino, tensorrt."),
@@ -63,8 +65,9 @@ def complete(
     try:
         opts = CompleteOptions(
             mask=mask, batch_size=batch_size, restarts=restarts, blend=blend, seed=seed, overwrite=overwrite,
-            save_progress=save_progress, face=face, shard=_shard(shard) if shard else (0, 1),
-            search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted),
+            save_progress=save_progress, face=face, init=init, shard=_shard(shard) if shard else (0, 1),
+            search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted,
+                                patience=early_stop),
         )
         backend_options = {k: v for k, v in (("threads", threads), ("precision", precision), ("streams", streams))
                            if v is not None}

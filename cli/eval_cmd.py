@@ -21,6 +21,8 @@ def evaluate(
     lam: float = typer.Option(0.1, "--lam"),
     optimizer: str = typer.Option("momentum", "--optimizer"),
     restarts: int = typer.Option(1, "--restarts"),
+    init: str = typer.Option("auto", "--init", help="auto (the model's encoder if it has one), encoder, random."),
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Patience in steps (default: the model's)."),
     backend: str = typer.Option("auto", "--backend"),
     device: str = typer.Option("cpu", "--device"),
     seed: int = typer.Option(0, "--seed"),
@@ -43,12 +45,15 @@ def evaluate(
     kinds = [k.strip() for k in mask.split(",") if k.strip()]
     try:
         opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed,
-                               search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer))
+                               search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer, patience=early_stop))
         from ..engine.complete import default_model
 
-        with open_backend(model or default_model(), backend, device) as be:
+        from ..engine.encoder import load_encoder
+
+        model = model or default_model()
+        with open_backend(model, backend, device) as be:
             results, pictures = run(be, data, kinds, opts, limit, curve_every or None,
-                                    log=lambda m: typer.echo(m, err=True))
+                                    log=lambda m: typer.echo(m, err=True), encoder=load_encoder(model, be.info, init))
     except (BackendError, MaskError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     t = Table(title=f"gcomp eval on {data} ({results[0].n} images, {results[0].search['iters']} iterations)")

@@ -26,6 +26,7 @@ from . import images
 from .backends import Backend, BackendError, open_backend
 from .blend import BLENDS, blend
 from .images import TMP_PREFIX, ImageError, OutputError
+from .encoder import Encoder, load_encoder
 from .faces import FACE_MODES, find_face
 from .masks import MaskError, MaskSpec, context_weights, image_rng, to_model_size
 from .search import SearchParams
@@ -48,6 +49,7 @@ class CompleteOptions:
     shard: tuple[int, int] = (0, 1)  # (k, n): this process does the k-th of n parts
     workers: int = 4  # decode / encode threads
     face: str = "auto"  # auto: photos larger than the model are cropped around the face found in them
+    init: str = "auto"  # starting latent: auto (the model's encoder if it has one), encoder, random
 
     def __post_init__(self):
         if self.batch_size < 1 or self.restarts < 1:
@@ -160,8 +162,11 @@ def initial_latents(keys: list[str], restarts: int, zdim: int, seed: int) -> np.
 
 
 def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOptions,
-                   on_progress: Callable[[int, np.ndarray], None] | None = None) -> tuple[list[np.ndarray], dict]:
-    """Search, pick the best restart, blend, composite. Returns each image in its original layout."""
+                   on_progress: Callable[[int, np.ndarray], None] | None = None,
+                   encoder: Encoder | None = None) -> tuple[list[np.ndarray], dict]:
+    """Search, pick the best restart, blend, composite. Returns each image in its original layout.
+
+    With an encoder, each image's first start is the encoder's latent; further restarts are random."""
     info = backend.info
     n, R = len(batch), opts.restarts
     keys = [p.item.key for p in batch]
@@ -176,6 +181,11 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
         w = np.concatenate([w, np.repeat(w[:1], pad, 0)])
         keys = keys + [keys[0]] * pad
     z0 = initial_latents(keys, R, info.zdim, opts.seed)
+    if encoder is not None:
+        ks = np.stack([p.known_small for p in batch])
+        if rows > n:
+            ks = np.concatenate([ks, np.repeat(ks[:1], rows - n, 0)])
+        z0.reshape(rows, R, -1)[:, 0] = encoder(y, ks)
     yR, wR = np.repeat(y, R, 0), np.repeat(w, R, 0)
     cb = None
     if on_progress is not None:
@@ -265,11 +275,12 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     be = backend if given else open_backend(model, backend, device, **(backend_options or {}))
     be.activate()
     opts = replace(opts, search=opts.search.resolved(be.info.meta.get("defaults")))
+    encoder = load_encoder(model if model is not None else be.info.source, be.info, opts.init)
     summary = Summary(settings={
         "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
         "backend": be.name, "device": device, "mask": spec.describe(),
         **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask")},
-        "search": opts.search.as_dict(),
+        "search": opts.search.as_dict(), "encoder": str(encoder.path) if encoder else None,
     })
     todo: list[Item] = []
     for path, key in iter_inputs(src):
@@ -319,7 +330,7 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
             if batch:
                 on_prog = _progress_writer(be, batch, dst if out_dir == dst else out_dir, batch_no,
                                            opts.search.iters) if opts.save_progress else None
-                outs, stats = complete_batch(be, batch, opts, on_prog)
+                outs, stats = complete_batch(be, batch, opts, on_prog, encoder)
                 summary.search_seconds += stats["seconds"]
                 for p, arr in zip(batch, outs):
                     writes.append((p.item, pool.submit(images.write, p.item.out, arr, tag)))

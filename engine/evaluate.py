@@ -105,7 +105,8 @@ class KindResult:
 
 
 def evaluate(backend: Backend, data, masks=("center", "random", "half", "pattern"), opts: CompleteOptions | None = None,
-             limit: int | None = 100, curve_every: int | None = None, log=print) -> tuple[list[KindResult], dict]:
+             limit: int | None = 100, curve_every: int | None = None, log=print,
+             encoder=None) -> tuple[list[KindResult], dict]:
     """Complete `limit` images of `data` per mask kind; returns per-kind means and the picture rows.
 
     curve_every: record the whole-image PSNR every N iterations (None: iters / 20; 0: never)."""
@@ -142,7 +143,7 @@ def evaluate(backend: Backend, data, masks=("center", "random", "half", "pattern
                         for p, xi in zip(batch, x):
                             out = images.composite(p.image.rgb, images.from_model_output(xi), p.known)
                             curve.setdefault(i + 1, []).append(psnr(out, p.image.rgb))
-            outs, _ = complete_batch(backend, batch, opts, on_prog)
+            outs, _ = complete_batch(backend, batch, opts, on_prog, encoder)
             for p, out in zip(batch, outs):
                 truth = p.image.rgb
                 per["gcomp"].append(metrics(out, truth, p.known))

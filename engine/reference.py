@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .search import SearchParams
+from .search import EarlyStop, SearchParams
 
 
 def completion_loss(G, D, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float):
@@ -48,8 +48,10 @@ def search(G, D, z0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, hp: SearchP
     s = torch.zeros_like(z)  # Adam's second moment
     lr = hp.step_lr
     history = []
+    stop = EarlyStop(len(z), hp.patience)
     with torch.no_grad():
         for i in range(hp.iters):
+            z_prev, v_prev, s_prev = z, v, s
             with torch.enable_grad():
                 loss, grad = loss_and_grad(G, D, z, y, w, hp.lam)
             if hp.optimizer == "momentum":
@@ -61,7 +63,13 @@ def search(G, D, z0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, hp: SearchP
                 step = (v / (1 - hp.beta1**t)) / ((s / (1 - hp.beta2**t)).sqrt() + hp.eps)
                 z = (z - lr * step).clamp(-1, 1)
             history.append(loss.mean().item())
+            if stop.patience:
+                active = torch.from_numpy(stop.update(loss.cpu().numpy())).to(z.device)[:, None]
+                z = torch.where(active, z, z_prev)
+                v, s = torch.where(active, v, torch.zeros_like(v)), torch.where(active, s, s_prev)
             if callback is not None:
                 callback(i, z, loss)
+            if stop.done:
+                break
         final, _ = completion_loss(G, D, z, y, w, hp.lam)
     return z, final, history

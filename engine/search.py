@@ -25,6 +25,7 @@ class SearchParams:
     lam: float = 0.1
     optimizer: str = "momentum"
     weighted: bool = False  # the paper's 7x7-weighted context loss instead of the plain mask
+    patience: int | None = None  # stop an image after this many steps without improving (None: the model's; 0: never)
     beta1: float = 0.9  # Adam only
     beta2: float = 0.999
     eps: float = 1e-8
@@ -48,7 +49,8 @@ class SearchParams:
         lr = self.lr
         if lr is None and "lr" in d and d.get("optimizer", "momentum") == self.optimizer:
             lr = float(d["lr"])
-        return replace(self, iters=iters, lr=lr if lr is not None else self.step_lr)
+        patience = self.patience if self.patience is not None else int(d.get("patience", 0))
+        return replace(self, iters=iters, lr=lr if lr is not None else self.step_lr, patience=patience)
 
     def as_dict(self) -> dict:
         return asdict(self) | {"lr": self.step_lr}
@@ -60,3 +62,31 @@ def momentum_update(z: np.ndarray, v: np.ndarray, grad: np.ndarray, lr: float, m
     v_new = momentum * v - lr * grad
     z_new = z - momentum * v + (1 + momentum) * v_new
     return np.clip(z_new, -1, 1), v_new
+
+
+class EarlyStop:
+    """Per-image early stopping: an image whose loss has not improved by more than `rtol` for
+    `patience` steps is frozen (its z kept, its velocity zeroed); the search ends when all are."""
+
+    rtol = 1e-4
+
+    def __init__(self, n: int, patience: int | None):
+        self.patience = patience or 0
+        self.best = np.full(n, np.inf)
+        self.since = np.zeros(n, int)
+        self.active = np.ones(n, bool)
+
+    def update(self, loss: np.ndarray, steps: int = 1) -> np.ndarray:
+        """Record the losses of one call (`steps` steps); returns the images still searching."""
+        if not self.patience:
+            return self.active
+        loss = np.asarray(loss, np.float64)
+        improved = loss < self.best * (1 - self.rtol)
+        self.best = np.where(improved, loss, self.best)
+        self.since = np.where(improved, 0, self.since + steps)
+        self.active &= self.since < self.patience
+        return self.active
+
+    @property
+    def done(self) -> bool:
+        return bool(self.patience) and not self.active.any()

@@ -1,11 +1,29 @@
-from gcomp.engine.search import SearchParams
+import numpy as np
+
+from gcomp.engine.search import EarlyStop, SearchParams
 
 
 def test_resolved_takes_the_models_defaults_only_where_not_given():
-    tuned = '{"iters": 100, "lr": 0.0003, "lam": 0.1, "momentum": 0.9}'
-    assert SearchParams().resolved() == SearchParams(iters=1000, lr=0.01)  # the seed's
-    assert SearchParams().resolved(tuned) == SearchParams(iters=100, lr=3e-4)
-    assert SearchParams(iters=7, lr=0.5).resolved(tuned) == SearchParams(iters=7, lr=0.5)
+    tuned = '{"iters": 100, "lr": 0.0003, "lam": 0.1, "momentum": 0.9, "patience": 20}'
+    assert SearchParams().resolved() == SearchParams(iters=1000, lr=0.01, patience=0)  # the seed's
+    assert SearchParams().resolved(tuned) == SearchParams(iters=100, lr=3e-4, patience=20)
+    assert SearchParams(iters=7, lr=0.5, patience=0).resolved(tuned) == SearchParams(iters=7, lr=0.5, patience=0)
     # a momentum lr is no default for Adam
-    assert SearchParams(optimizer="adam").resolved(tuned) == SearchParams(optimizer="adam", iters=100, lr=0.03)
-    assert SearchParams().resolved(tuned).resolved() == SearchParams(iters=100, lr=3e-4)  # idempotent
+    assert SearchParams(optimizer="adam").resolved(tuned).lr == 0.03
+    r = SearchParams().resolved(tuned)
+    assert r.resolved() == r  # idempotent
+
+
+def test_early_stop_freezes_each_image_on_its_own():
+    s = EarlyStop(2, patience=3)
+    losses = [(10, 10), (9, 10), (8, 10), (7, 10), (6, 10)]  # image 1 never improves after its first value
+    active = [s.update(np.array(l)).copy() for l in losses]
+    assert [a.tolist() for a in active] == [[True, True], [True, True], [True, True], [True, False], [True, False]]
+    assert not s.done
+    for _ in range(3):
+        s.update(np.array([6, 10]))
+    assert s.done
+    off = EarlyStop(2, patience=0)
+    for _ in range(10):
+        assert off.update(np.array([1, 1])).all()
+    assert not off.done

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..search import SearchParams
+from ..search import EarlyStop, SearchParams
 
 
 class BackendError(RuntimeError):
@@ -99,11 +99,16 @@ class Backend:
         z = np.ascontiguousarray(z0, np.float32)
         v = np.zeros_like(z)
         history = []
+        stop = EarlyStop(len(z), hp.patience)
         for call in range(hp.iters // self.unroll):
-            z, v, loss = self.step(z, v, y, w, hp.step_lr, hp.momentum, hp.lam)
+            z_new, v_new, loss = self.step(z, v, y, w, hp.step_lr, hp.momentum, hp.lam)
             history += [float(np.mean(loss))] * self.unroll
+            active = stop.update(loss, self.unroll)[:, None]
+            z, v = np.where(active, z_new, z), np.where(active, v_new, 0)
             if callback is not None:
                 callback((call + 1) * self.unroll - 1, z)
+            if stop.done:
+                break
         final = self.loss(z, y, w, hp.lam)
         return SearchResult(z=z, loss=final, history=history, seconds=time.perf_counter() - t0)
 

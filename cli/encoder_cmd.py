@@ -1,0 +1,35 @@
+"""`gcomp train-encoder`: train E(masked image, mask) -> z against a frozen generator and export it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import typer
+
+from .errors import fail
+
+
+def train_encoder(
+    checkpoint: Path = typer.Argument(..., help="The generator's checkpoint (.pt or run folder)."),
+    data: List[Path] = typer.Argument(..., help="Image folders and/or tar shards (the generator's training data)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export folder: encoder.onnx is written beside step.onnx."),
+    steps: int = typer.Option(1000, "--steps"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or fp16 / bf16 weight storage (half the file)."),
+):
+    """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
+    try:
+        from ..train.checkpoint import CheckpointError
+        from ..train.data import DataError
+        from ..train.encoder import EncoderConfig, export_encoder, train_encoder as run
+    except ImportError:
+        raise fail("training needs PyTorch: pip install 'gcomp[train]'") from None
+    try:
+        pt = run(EncoderConfig(model=str(checkpoint), data=tuple(str(d) for d in data), out=str(out), steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed), log=lambda m: typer.echo(m, err=True))
+        path = export_encoder(pt, out, precision)
+    except (CheckpointError, DataError, ValueError) as e:
+        raise fail(str(e)) from None
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {pt}")

@@ -1,0 +1,90 @@
+"""The encoder start: training against a frozen G, export, and `gcomp complete --init`."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from synth import make_faces  # noqa: E402
+from gcomp.cli.app import app  # noqa: E402
+from gcomp.engine.backends import BackendError, open_backend  # noqa: E402
+from gcomp.engine.search import SearchParams  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def with_encoder(tiny_ckpt, tmp_path_factory):
+    from gcomp.export import export_model
+
+    root = tmp_path_factory.mktemp("enc")
+    faces = make_faces(root / "faces", n=16)
+    out = root / "export"
+    export_model(tiny_ckpt, out, validate=False)
+    r = runner.invoke(app, ["train-encoder", str(tiny_ckpt), str(faces[0].parent), "--out", str(out),
+                            "--steps", "30", "--batch-size", "8"])
+    assert r.exit_code == 0, r.output
+    return out, faces
+
+
+def test_encoder_learns_and_exports(with_encoder):
+    out, _ = with_encoder
+    log = [json.loads(line) for line in (out / "encoder_log.jsonl").read_text().splitlines()]
+    assert len(log) == 30
+    assert np.mean([r["known"] for r in log[-5:]]) < np.mean([r["known"] for r in log[:5]])
+    assert (out / "encoder.onnx").is_file()
+
+
+def test_complete_starts_from_the_encoder(with_encoder, tmp_path):
+    out, faces = with_encoder
+    src = faces[0].parent
+    runs = {}
+    for init in ("encoder", "random"):
+        r = runner.invoke(app, ["complete", str(src), str(tmp_path / init), "--model", str(out), "--init", init,
+                                "--iters", "0", "--no-progress"])
+        assert r.exit_code == 0, r.output
+        runs[init] = json.loads((tmp_path / init / "gcomp-summary.json").read_text())["settings"]["encoder"]
+    assert runs["encoder"].endswith("encoder.onnx") and runs["random"] is None
+    a = (tmp_path / "encoder" / faces[0].name).read_bytes()
+    assert a != (tmp_path / "random" / faces[0].name).read_bytes()
+
+
+def test_encoder_of_another_generator_is_refused(with_encoder, tmp_path):
+    import shutil
+
+    import torch
+
+    from gcomp.train import checkpoint
+    from gcomp.train.model import ModelConfig, build
+
+    out, faces = with_encoder
+    cfg = ModelConfig(size=32, zdim=16, gf=4, df=4)
+    other = checkpoint.save(tmp_path / "o.pt", cfg, *build(cfg))
+    from gcomp.export import export_model
+
+    export_model(other, tmp_path / "e", validate=False)
+    shutil.copy(out / "encoder.onnx", tmp_path / "e" / "encoder.onnx")
+    r = runner.invoke(app, ["complete", str(faces[0]), str(tmp_path / "x"), "--model", str(tmp_path / "e"), "--iters", "1"])
+    assert r.exit_code == 2 and "another generator" in r.stderr
+    r = runner.invoke(app, ["complete", str(faces[0]), str(tmp_path / "y"), "--model", str(other), "--init", "encoder"])
+    assert r.exit_code == 2 and "no encoder.onnx" in r.stderr
+
+
+def test_early_stopping_is_per_image_and_backend_independent(tiny_ckpt, with_encoder):
+    from gcomp.engine.backends.base import Backend
+
+    out, _ = with_encoder
+    rng = np.random.default_rng(0)
+    hp = SearchParams(iters=60, lr=0.01, patience=3)
+    with open_backend(tiny_ckpt, "torch") as tb, open_backend(out, "onnxruntime") as ob:
+        s = tb.info.size
+        z0 = rng.uniform(-1, 1, (3, tb.info.zdim)).astype(np.float32)
+        y = rng.uniform(-1, 1, (3, 3, s, s)).astype(np.float32)
+        w = np.ones((3, 1, s, s), np.float32)
+        a, b = tb.search(z0, y, w, hp), Backend.search(tb, z0, y, w, hp)
+        assert len(a.history) < 60 and len(a.history) == len(b.history)  # stopped early, at the same step
+        np.testing.assert_allclose(a.z, b.z, atol=1e-4)
+        c = ob.search(z0, y, w, hp)
+        assert len(c.history) == len(a.history)
