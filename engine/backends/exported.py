@@ -6,14 +6,15 @@ from pathlib import Path
 from .base import BackendError, ModelInfo
 
 
-def model_files(model: str | Path) -> tuple[Path, Path]:
-    """(generator.onnx, step.onnx) from an export folder or from either file's path."""
+def model_files(model: str | Path, suffix: str = ".onnx") -> tuple[Path, Path]:
+    """(generator, step) files with `suffix` from an export folder or from either file's path."""
     p = Path(model)
     folder = p if p.is_dir() else p.parent
-    gen, step = folder / "generator.onnx", folder / "step.onnx"
+    gen, step = folder / f"generator{suffix}", folder / f"step{suffix}"
     missing = [f.name for f in (gen, step) if not f.is_file()]
     if missing:
-        raise BackendError(f"{folder}: missing {', '.join(missing)} (run `gcomp export CHECKPOINT --out {folder}`)")
+        flag = " --trt" if suffix == ".engine" else ""
+        raise BackendError(f"{folder}: missing {', '.join(missing)} (run `gcomp export CHECKPOINT --out {folder}{flag}`)")
     return gen, step
 
 

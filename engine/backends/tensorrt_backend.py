@@ -20,6 +20,7 @@ import numpy as np
 
 from ..search import SearchParams
 from .base import Backend, BackendError, ModelInfo, SearchResult
+from .exported import model_files
 
 STEP_IN = ("z", "v", "y", "w", "lr", "momentum", "lam")
 STEP_OUT = ("z_out", "v_out", "loss")
@@ -43,16 +44,6 @@ def _ok(result):
     if int(err) != 0:
         raise BackendError(f"CUDA error {err}")
     return vals[0] if len(vals) == 1 else (vals or None)
-
-
-def engine_files(model: str | Path) -> tuple[Path, Path]:
-    p = Path(model)
-    folder = p if p.is_dir() else p.parent
-    gen, step = folder / "generator.engine", folder / "step.engine"
-    missing = [f.name for f in (gen, step) if not f.is_file()]
-    if missing:
-        raise BackendError(f"{folder}: missing {', '.join(missing)} (run `gcomp export CHECKPOINT --out {folder} --trt`)")
-    return gen, step
 
 
 class DeviceArray:
@@ -106,7 +97,7 @@ class TensorRTBackend(Backend):
         _ok(cudart.cudaSetDevice(dev))
         props = _ok(cudart.cudaGetDeviceProperties(dev))
         cc = f"{props.major}.{props.minor}"
-        gen_path, step_path = engine_files(self.model)
+        gen_path, step_path = model_files(self.model, ".engine")
         self.trt = trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {}
