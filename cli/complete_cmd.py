@@ -47,15 +47,21 @@ def complete(
     precision: Optional[str] = typer.Option(None, "--precision", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16."),
     streams: Optional[int] = typer.Option(None, "--streams", help="openvino: inference streams."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray Data: auto (the cluster this machine is in, else a "
+                                      "local instance) or an address (host:6379, ray://host:10001). Needs pip install 'gcomp[ray]'."),
+    workers: int = typer.Option(2, "--workers", help="--ray: completion actors, each with its own backend session."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="--ray: GPUs per actor "
+                                                    "(default 1 with --device cuda, else 0; 0.5 puts two on a GPU)."),
 ):
     """Complete the masked region of each image with the GAN whose latent best explains the rest."""
     from ..engine.backends import BackendError
     from ..engine.complete import CompleteOptions, complete as run
     from ..engine.images import ImageError, OutputError
     from ..engine.masks import MaskError
+    from ..engine.ray_driver import RayError, complete_ray
     from ..engine.search import SearchParams
 
-    user_errors = (BackendError, ImageError, OutputError, MaskError, ValueError)
+    user_errors = (BackendError, ImageError, OutputError, MaskError, ValueError, RayError)
     try:
         from ..train.checkpoint import CheckpointError
 
@@ -71,8 +77,13 @@ def complete(
         )
         backend_options = {k: v for k, v in (("threads", threads), ("precision", precision), ("streams", streams))
                            if v is not None}
-        summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress,
-                      backend_options=backend_options)
+        if ray is None:
+            summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress,
+                          backend_options=backend_options)
+        else:
+            summary = complete_ray(input, output, model, address=ray, workers=workers, gpus_per_worker=gpus_per_worker,
+                                   backend=backend, device=device, options=opts, progress=progress,
+                                   backend_options=backend_options)
     except user_errors as e:
         raise fail(str(e)) from None
     typer.echo(f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)} "

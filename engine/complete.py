@@ -91,6 +91,7 @@ class Summary:
     images_per_s: float = 0.0
     settings: dict = field(default_factory=dict)
     summary_path: str = ""
+    ray: dict = field(default_factory=dict)  # the Ray driver's cluster settings and per-worker counts
 
     @property
     def ok(self) -> bool:
@@ -99,6 +100,8 @@ class Summary:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["n_failed"] = len(self.failed)
+        if not d["ray"]:
+            del d["ray"]
         return d
 
 
@@ -127,6 +130,38 @@ def output_path(src_root: Path, out_root: Path, key: str) -> Path:
     if src_root.is_file() and images.is_image_name(out_root):
         return out_root  # `gcomp complete photo.jpg done.jpg`
     return out_root / key
+
+
+def output_dir(src: Path, dst: Path) -> Path:
+    """The folder outputs, temporary files and the summary go to."""
+    return dst.parent if (src.is_file() and images.is_image_name(dst)) else dst
+
+
+def list_todo(src: Path, dst: Path, opts: "CompleteOptions") -> tuple[list[Item], int]:
+    """This job's (shard's) images still to do, in listing order, and how many it skips because
+    their output exists (the resume rule; --overwrite redoes them). Every driver uses it."""
+    todo: list[Item] = []
+    skipped = 0
+    for path, key in iter_inputs(src):
+        if not in_shard(key, opts.shard):
+            continue
+        out = output_path(src, dst, key)
+        if out.exists() and not opts.overwrite:
+            skipped += 1
+            continue
+        todo.append(Item(path, key, out))
+    return todo, skipped
+
+
+def temp_tag(shard: tuple[int, int]) -> str:
+    """Goes into temporary output names, so a rerun of this shard removes only its own leftovers."""
+    return f"s{shard[0]}of{shard[1]}-"
+
+
+def error_text(key: str, path: str, err: Exception | str) -> str:
+    """A per-image error as logged: prefixed with the image's name unless it already says it."""
+    msg = str(err)
+    return msg if key in msg or path in msg else f"{key}: {msg}"
 
 
 def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str = "off",
@@ -263,10 +298,10 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     if not src.exists():
         raise ImageError(f"input not found: {src}")
     spec = MaskSpec.parse(opts.mask)
-    out_dir = dst.parent if (src.is_file() and images.is_image_name(dst)) else dst
+    out_dir = output_dir(src, dst)
     check_writable(out_dir)
     t0 = time.perf_counter()
-    tag = f"s{opts.shard[0]}of{opts.shard[1]}-"
+    tag = temp_tag(opts.shard)
     images.remove_stale_temps(out_dir, tag)
 
     given = isinstance(backend, Backend)  # the caller activates and closes it
@@ -276,25 +311,12 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     be.activate()
     opts = replace(opts, search=opts.search.resolved(be.info.meta.get("defaults")))
     encoder = load_encoder(model if model is not None else be.info.source, be.info, opts.init)
-    summary = Summary(settings={
-        "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
-        "backend": be.name, "device": device, "mask": spec.describe(),
-        **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask")},
-        "search": opts.search.as_dict(), "encoder": str(encoder.path) if encoder else None,
-    })
-    todo: list[Item] = []
-    for path, key in iter_inputs(src):
-        if not in_shard(key, opts.shard):
-            continue
-        out = output_path(src, dst, key)
-        if out.exists() and not opts.overwrite:
-            summary.skipped += 1
-            continue
-        todo.append(Item(path, key, out))
+    summary = Summary(settings=job_settings(src, dst, model, be.name, device, spec, opts,
+                                            str(encoder.path) if encoder else None))
+    todo, summary.skipped = list_todo(src, dst, opts)
 
     def fail(item: Item, err: Exception) -> None:
-        msg = str(err) if item.key in str(err) or str(item.path) in str(err) else f"{item.key}: {err}"
-        log(f"error: {msg}")
+        log(f"error: {error_text(item.key, str(item.path), err)}")
         summary.failed.append({"file": str(item.path), "error": str(err)})
 
     bs = opts.batch_size
@@ -342,6 +364,22 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
         bar.close()
         if not given:
             be.deactivate()
+    return finish_summary(summary, out_dir, opts, t0)
+
+
+def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, spec: MaskSpec,
+                 opts: CompleteOptions, encoder: str | None) -> dict:
+    """The job's settings as the summary records them (the same for every driver)."""
+    return {
+        "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
+        "backend": backend_name, "device": device, "mask": spec.describe(),
+        **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask")},
+        "search": opts.search.as_dict(), "encoder": encoder,
+    }
+
+
+def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: float) -> Summary:
+    """Time it and write it atomically (one summary per shard)."""
     summary.seconds = time.perf_counter() - t0
     summary.images_per_s = summary.done / summary.seconds if summary.seconds > 0 else 0.0
     k, n = opts.shard

@@ -8,7 +8,7 @@ the box's corner (standard deviations 0.05).
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 
 import cv2
 import numpy as np
@@ -18,14 +18,21 @@ CROP_SCALE = 0.927
 FACE_MODES = ("auto", "off")
 
 
-@lru_cache(maxsize=1)
+_local = threading.local()
+
+
 def _cascade() -> "cv2.CascadeClassifier":
+    """One classifier per thread: detectMultiScale is not thread-safe (decoding runs in a pool)."""
+    c = getattr(_local, "cascade", None)
+    if c is not None:
+        return c
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
         raise RuntimeError("this OpenCV has no Haar cascades (OpenCV 5 dropped them): "
                            "pip install 'opencv-python-headless<5'")
     c = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     if c.empty():
         raise RuntimeError("OpenCV's frontal-face cascade file could not be loaded")
+    _local.cascade = c
     return c
 
 
