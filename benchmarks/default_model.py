@@ -64,7 +64,8 @@ def package(a) -> None:
 
     tmp = ROOT / "runs" / "package"
     shutil.rmtree(tmp, ignore_errors=True)
-    defaults = {"iters": a.iters, "lr": a.lr, "momentum": 0.9, "lam": 0.1, "optimizer": "momentum"}
+    defaults = {"iters": a.iters, "lr": a.lr, "momentum": 0.9, "lam": 0.1, "optimizer": "momentum",
+                "patience": a.patience}
     chosen, report = None, {}
     for prec in ("bf16", "fp16", "fp32"):
         try:
@@ -82,6 +83,10 @@ def package(a) -> None:
     DEST.mkdir(parents=True, exist_ok=True)
     for f in ("generator.onnx", "step.onnx"):
         shutil.copy(chosen / f, DEST / f)
+    if a.encoder:
+        from gcomp.train.encoder import export_encoder
+
+        export_encoder(a.encoder, DEST, precision=chosen.name if chosen.name != "fp32" else "fp32")
     stats = json.loads(Path(a.card_json).read_text()) if a.card_json else {}
     (DEST / "model.json").write_text(json.dumps({"checkpoint": str(a.checkpoint), "precision": chosen.name,
                                                  "defaults": defaults, **stats}, indent=2, default=str))
@@ -108,6 +113,8 @@ def main() -> None:
     p.add_argument("checkpoint")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--encoder", default=None, help="encoder.pt to export beside the graphs")
     p.add_argument("--card-json", default=None)
     a = ap.parse_args()
     {"select": select, "tune": tune, "package": package}[a.cmd](a)
