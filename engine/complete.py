@@ -283,6 +283,24 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
+def check_job(input, output, opts: CompleteOptions) -> tuple[Path, Path, MaskSpec, Path]:
+    """(input, output, mask spec, output folder) after the checks that fail a whole job."""
+    src, dst = Path(input), Path(output)
+    if not src.exists():
+        raise ImageError(f"input not found: {src}")
+    spec = MaskSpec.parse(opts.mask)
+    out_dir = output_dir(src, dst)
+    check_writable(out_dir)
+    return src, dst, spec, out_dir
+
+
+def start_writing(out_dir: Path, opts: CompleteOptions) -> str:
+    """This job's temporary-file tag, after removing what a killed run of the same shard left."""
+    tag = temp_tag(opts.shard)
+    images.remove_stale_temps(out_dir, tag)
+    return tag
+
+
 def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | None = None, *,
              backend: str | Backend = "auto", device: str = "cpu", options: CompleteOptions | None = None,
              progress: bool = True, log: Callable[[str], None] | None = None,
@@ -294,15 +312,9 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     """
     opts = options or CompleteOptions()
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    src, dst = Path(input), Path(output)
-    if not src.exists():
-        raise ImageError(f"input not found: {src}")
-    spec = MaskSpec.parse(opts.mask)
-    out_dir = output_dir(src, dst)
-    check_writable(out_dir)
+    src, dst, spec, out_dir = check_job(input, output, opts)
     t0 = time.perf_counter()
-    tag = temp_tag(opts.shard)
-    images.remove_stale_temps(out_dir, tag)
+    tag = start_writing(out_dir, opts)
 
     given = isinstance(backend, Backend)  # the caller activates and closes it
     if not given and model is None:

@@ -46,8 +46,8 @@ import numpy as np
 from . import images
 from .backends import BackendError, backend_for, open_backend
 from .complete import (CompleteOptions, Item, Prepared, Summary, _progress_bar, _progress_writer,
-                       check_writable, complete_batch, default_model, error_text, finish_summary, job_settings,
-                       list_todo, output_dir, prepare, temp_tag)
+                       check_job, complete_batch, default_model, error_text, finish_summary, job_settings,
+                       list_todo, prepare, start_writing)
 from .encoder import load_encoder
 from .images import ImageError, OutputError
 from .masks import MaskError, MaskSpec
@@ -240,16 +240,10 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    src, dst = Path(input), Path(output)
-    if not src.exists():
-        raise ImageError(f"input not found: {src}")
-    spec = MaskSpec.parse(opts.mask)
-    out_dir = output_dir(src, dst)
-    check_writable(out_dir)
+    src, dst, spec, out_dir = check_job(input, output, opts)
     ray = import_ray()  # before any work: a missing Ray is a one-line error
     t0 = time.perf_counter()
-    tag = temp_tag(opts.shard)
-    images.remove_stale_temps(out_dir, tag)
+    tag = start_writing(out_dir, opts)
     if model is None:
         model = default_model()
     if gpus_per_worker is None:

@@ -51,7 +51,7 @@ def search(G, D, z0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, hp: SearchP
     stop = EarlyStop(len(z), hp.patience)
     with torch.no_grad():
         for i in range(hp.iters):
-            z_prev, v_prev, s_prev = z, v, s
+            z_prev, s_prev = z, s
             with torch.enable_grad():
                 loss, grad = loss_and_grad(G, D, z, y, w, hp.lam)
             if hp.optimizer == "momentum":

@@ -14,7 +14,6 @@ yet (see the README's "What was verified where").
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
