@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 
 from synth import make_faces  # noqa: E402
 from gcomp.cli.app import app  # noqa: E402
-from gcomp.engine.backends import BackendError, open_backend  # noqa: E402
+from gcomp.engine.backends import open_backend  # noqa: E402
 from gcomp.engine.search import SearchParams  # noqa: E402
 
 runner = CliRunner()
@@ -54,7 +54,6 @@ def test_complete_starts_from_the_encoder(with_encoder, tmp_path):
 def test_encoder_of_another_generator_is_refused(with_encoder, tmp_path):
     import shutil
 
-    import torch
 
     from gcomp.train import checkpoint
     from gcomp.train.model import ModelConfig, build

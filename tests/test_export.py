@@ -22,6 +22,7 @@ from gcomp.export.validate import ValidationError, errors, session, step_feed, v
 from gcomp.train import checkpoint  # noqa: E402
 from gcomp.train.checkpoint import CheckpointError  # noqa: E402
 from gcomp.train.model import ModelConfig, build  # noqa: E402
+from synth import calibrate_batchnorm  # noqa: E402
 
 CFG = ModelConfig(size=32, gf=8, df=8, zdim=16)
 HP = dict(lr=0.01, momentum=0.9, lam=0.1)
@@ -33,15 +34,9 @@ def _random_model(seed: int = 0):
     random so that folding a non-trivial scale and shift into the weights is what gets tested."""
     torch.manual_seed(seed)
     G, D = build(CFG)
+    calibrate_batchnorm(torch, G, D, CFG, rounds=3)
     bns = [m for m in list(G.modules()) + list(D.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    G.train(), D.train()
     with torch.no_grad():
-        for _ in range(3):
-            x = G(torch.rand(64, CFG.zdim) * 2 - 1)
-            D(torch.cat([x, torch.rand_like(x) * 2 - 1]))
         for m in bns:
             n = m.num_features
             m.running_mean += 0.1 * m.running_mean.abs().mean() * torch.randn(n)

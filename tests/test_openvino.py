@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from synth import search_inputs
 from gcomp.engine.backends import BackendError, open_backend
 from gcomp.engine.backends.openvino_backend import cpu_has_native_bf16, pick_precision
 
@@ -45,13 +46,8 @@ def test_matches_the_torch_reference_and_caches(tiny_ckpt, exported):
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
     from gcomp.engine.search import SearchParams
 
-    rng = np.random.default_rng(0)
     with open_backend(tiny_ckpt, "torch") as tb, open_backend(exported, "openvino", precision="fp32") as vb:
-        s = tb.info.size
-        z0 = rng.uniform(-1, 1, (3, tb.info.zdim)).astype(np.float32)
-        y = rng.uniform(-1, 1, (3, 3, s, s)).astype(np.float32)
-        w = np.ones((3, 1, s, s), np.float32)
-        w[:, :, 8:24, 8:24] = 0
+        z0, y, w = search_inputs(3, tb.info.size, tb.info.zdim)
         np.testing.assert_allclose(vb.generate(z0), tb.generate(z0), atol=1e-4)
         hp = SearchParams(iters=10, lr=3e-4)
         a, b = tb.search(z0, y, w, hp), vb.search(z0, y, w, hp)

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from synth import search_inputs
 from gcomp.engine.backends import BackendError, backend_for, open_backend
 from gcomp.export.trt import HEADER_FORMAT, pack_engine
 
@@ -71,13 +72,8 @@ def test_engine_search_matches_onnxruntime(tiny_ckpt, tmp_path):
     from gcomp.engine.search import SearchParams
 
     export_model(tiny_ckpt, tmp_path / "e", trt=True)
-    rng = np.random.default_rng(0)
     with open_backend(tmp_path / "e", "onnxruntime") as ob, open_backend(tmp_path / "e", "tensorrt", "cuda") as tb:
-        s = ob.info.size
-        z0 = rng.uniform(-1, 1, (4, ob.info.zdim)).astype(np.float32)
-        y = rng.uniform(-1, 1, (4, 3, s, s)).astype(np.float32)
-        w = np.ones((4, 1, s, s), np.float32)
-        w[:, :, 8:24, 8:24] = 0
+        z0, y, w = search_inputs(4, ob.info.size, ob.info.zdim)
         np.testing.assert_allclose(tb.generate(z0), ob.generate(z0), atol=1e-3)
         hp = SearchParams(iters=10, lr=3e-4)
         np.testing.assert_allclose(tb.search(z0, y, w, hp).z, ob.search(z0, y, w, hp).z, atol=1e-2)
