@@ -54,7 +54,6 @@ def test_complete_starts_from_the_encoder(with_encoder, tmp_path):
 def test_encoder_of_another_generator_is_refused(with_encoder, tmp_path):
     import shutil
 
-
     from gcomp.train import checkpoint
     from gcomp.train.model import ModelConfig, build
 
