@@ -21,6 +21,8 @@ def bench(
     precision: str = typer.Option("fp32", "--precision", help="Comma-separated: fp32, fp16, bf16 (onnxruntime: the export's precision; openvino: its inference precision)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
+    threads: str = typer.Option("", "--threads", help="Comma-separated CPU thread counts to sweep (onnxruntime, openvino); default: all cores."),
+    streams: str = typer.Option("", "--streams", help="Comma-separated stream counts to sweep (onnxruntime, openvino): the batch is split across that many concurrent requests."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
 ):
     """Time the seed-faithful loop and each backend on the same synthetic inputs, in one process."""
@@ -37,7 +39,8 @@ def bench(
 
     try:
         report = run(model, _list(backend), [int(b) for b in _list(batch_size)], iters, _list(precision),
-                     device, warmup, log=lambda m: typer.echo(m, err=True))
+                     device, warmup, log=lambda m: typer.echo(m, err=True),
+                     threads=[int(t) for t in _list(threads)] or [None], streams=[int(n) for n in _list(streams)] or [None])
     except (BackendError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     m = report["machine"]
@@ -47,13 +50,16 @@ def bench(
     for r in report["runs"]:
         s, ms = r["stats"], r["stats"]["step_ms"]
         share = s["share_of_peak"]
-        t.add_row(r["name"], str(r["batch"]), *(f"{ms[k]:.1f}" for k in ("min", "mean", "median", "p90", "p95", "p99")),
+        best = report["swept"] and r["name"] in report["best"]
+        t.add_row(r["name"] + (" *" if best else ""), str(r["batch"]), *(f"{ms[k]:.1f}" for k in ("min", "mean", "median", "p90", "p95", "p99")),
                   f"{s['images_per_s']:.3f}", f"{s['speedup_vs_baseline']:.2f}x", f"{s['achieved_flops'] / 1e9:.0f}",
                   f"{share:.1%}" if share else "unknown")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and CI: never wrap the table
     console.print(t)
+    if report["swept"]:
+        typer.echo("* the fastest setting of its backend, precision and batch size")
     if json_path:
         write_json(report, json_path)
         typer.echo(f"wrote {json_path}")

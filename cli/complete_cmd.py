@@ -44,8 +44,11 @@ def complete(
     face: str = typer.Option("auto", "--face", help="auto: photos larger than the model are cropped around the face "
                              "OpenCV finds (mask kinds apply to that crop; no face: the whole image); off: never."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime / openvino: CPU threads (default: all cores)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16."),
-    streams: Optional[int] = typer.Option(None, "--streams", help="openvino: inference streams."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16; "
+                                            "torch: fp32 (default), tf32 (CUDA) or bf16 (the fast path; see the README)."),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="torch, onnxruntime, tensorrt on CUDA: "
+                                              "replay the search step as a captured CUDA graph (default: on)."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="onnxruntime / openvino on CPU: split each batch across N concurrent requests (default 1)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray Data: auto (the cluster this machine is in, else a "
                                       "local instance) or an address (host:6379, ray://host:10001). Needs pip install 'gcomp[ray]'."),
@@ -75,8 +78,8 @@ def complete(
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted,
                                 patience=early_stop),
         )
-        backend_options = {k: v for k, v in (("threads", threads), ("precision", precision), ("streams", streams))
-                           if v is not None}
+        backend_options = {k: v for k, v in (("threads", threads), ("precision", precision), ("streams", streams),
+                                             ("cuda_graph", cuda_graph)) if v is not None}
         if ray is None:
             summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress,
                           backend_options=backend_options)

@@ -25,6 +25,9 @@ def evaluate(
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Patience in steps (default: the model's)."),
     backend: str = typer.Option("auto", "--backend"),
     device: str = typer.Option("cpu", "--device"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="As gcomp complete's (openvino: auto, fp32, bf16)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime / openvino: CPU threads."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="onnxruntime / openvino: concurrent requests."),
     seed: int = typer.Option(0, "--seed"),
     curve_every: int = typer.Option(0, "--curve-every", help="Record PSNR every N iterations for the plot (0: iters/20)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the scores here."),
@@ -51,9 +54,13 @@ def evaluate(
         from ..engine.encoder import load_encoder
 
         model = model or default_model()
-        with open_backend(model, backend, device) as be:
+        given = {"precision": precision, "threads": threads, "streams": streams}
+        with open_backend(model, backend, device, **{k: v for k, v in given.items() if v is not None}) as be:
+            for note in be.notes:
+                typer.echo(f"note: {note}", err=True)
             results, pictures = run(be, data, kinds, opts, limit, curve_every or None,
                                     log=lambda m: typer.echo(m, err=True), encoder=load_encoder(model, be.info, init))
+            backend_settings = be.settings()
     except (BackendError, MaskError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     t = Table(title=f"gcomp eval on {data} ({results[0].n} images, {results[0].search['iters']} iterations)")
@@ -71,7 +78,7 @@ def evaluate(
         console = Console(width=140)
     console.print(t)
     if json_path:
-        report = {"data": str(data), "model": str(model), "iters": results[0].search["iters"], "results": [r.__dict__ for r in results],
+        report = {"data": str(data), "model": str(model), "backend": backend_settings, "iters": results[0].search["iters"], "results": [r.__dict__ for r in results],
                   "paper_psnr": PAPER_PSNR, "search": opts.search.as_dict()}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))

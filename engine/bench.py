@@ -20,9 +20,9 @@ from .masks import make_mask
 from .search import momentum_update
 
 BASELINE_BATCH = 64
-UNSUPPORTED = {("torch", "fp16"): "the torch backend runs the fp32 reference",
-               ("torch", "bf16"): "the torch backend runs the fp32 reference",
-               ("openvino", "fp16"): "OpenVINO's CPU plugin infers in fp32 or bf16"}
+UNSUPPORTED = {("torch", "fp16"): "the torch backend computes in fp32, tf32 (CUDA) or bf16",
+               ("openvino", "fp16"): "OpenVINO's CPU plugin infers in fp32 or bf16",
+               ("onnxruntime", "tf32"): "tf32 is a torch backend mode", ("openvino", "tf32"): "tf32 is a torch backend mode"}
 # Dense peak FLOP/s by (device-name fragment, precision), from NVIDIA's data sheets (SXM parts).
 PEAKS = {("H100", "fp32"): 67e12, ("H100", "tf32"): 495e12, ("H100", "fp16"): 989e12, ("H100", "bf16"): 989e12,
          ("H200", "fp32"): 67e12, ("H200", "tf32"): 495e12, ("H200", "fp16"): 989e12, ("H200", "bf16"): 989e12}
@@ -54,6 +54,7 @@ class Timing:
     precision: str
     device: str
     steps_per_call: int = 1
+    settings: dict = field(default_factory=dict)  # threads / streams given to the backend
     latencies_ms: list[float] = field(default_factory=list)  # per call
     stats: dict = field(default_factory=dict)
 
@@ -87,7 +88,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    for mod in ("numpy", "onnxruntime", "torch", "cv2", "onnx"):
+    for mod in ("numpy", "onnxruntime", "openvino", "torch", "cv2", "onnx"):
         try:
             info["libraries"][mod] = __import__(mod).__version__
         except Exception:
@@ -155,9 +156,29 @@ def time_backend(be, batch: int, iters: int, warmup: int, precision: str, device
     return t
 
 
+def settings_grid(backend: str, threads=(None,), streams=(None,)) -> list[dict]:
+    """The thread / stream settings to try for a backend: those it takes, every combination."""
+    import inspect
+
+    from .backends import backend_class
+
+    takes = inspect.signature(backend_class(backend).__init__).parameters
+    grid = [{}]
+    for key, values in (("threads", threads), ("streams", streams)):
+        values = [v for v in values if v is not None]
+        if values and key in takes:
+            grid = [g | {key: v} for g in grid for v in values]
+    return grid
+
+
 def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int = 20, precisions=("fp32",),
-          device: str = "cpu", warmup: int = 3, workdir=None, log=print) -> dict:
-    """Run the baseline and each (backend, precision, batch) and return the report (JSON-able)."""
+          device: str = "cpu", warmup: int = 3, workdir=None, log=print, threads=(None,), streams=(None,)) -> dict:
+    """Run the baseline and each (backend, precision, batch, thread/stream setting); return the report.
+
+    threads / streams: values to sweep (None: the backend's default) for backends that take them;
+    each run's name then says its setting, and `best` in the report picks the fastest per
+    (backend, precision, batch).
+    """
     from ..train.checkpoint import load_models, save
     from ..train.model import ModelConfig, build
     from .backends import open_backend
@@ -177,10 +198,10 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
     runs = [base]
     for name in backends:
         for prec in precisions:
-            if (name, prec) in UNSUPPORTED:
-                log(f"skip {name} {prec}: {UNSUPPORTED[name, prec]}")
+            if (name, prec) in UNSUPPORTED or (prec == "tf32" and not device.startswith("cuda")):
+                log(f"skip {name} {prec}: {UNSUPPORTED.get((name, prec), 'tf32 is a CUDA mode')}")
                 continue
-            target, options = ckpt, {}
+            target, options = ckpt, ({"precision": prec} if name == "torch" else {})
             if name in ("onnxruntime", "openvino", "tensorrt"):
                 from ..export import export_model
 
@@ -192,14 +213,27 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
                     log(f"exporting {graph_prec} ONNX graphs to {target} ...")
                     export_model(ckpt, target, precision=graph_prec, validate=False, trt=name == "tensorrt")
             for b in batch_sizes:
-                log(f"{name} {prec} batch {b}: {iters} steps ...")
-                with open_backend(target, name, device, **options) as be:
-                    t = time_backend(be, b, iters, warmup, prec, device)
-                t.summarize(iters, flops, _peak(device, prec, machine["gpu"]), base_ips)
-                runs.append(t)
+                for setting in settings_grid(name, threads, streams):
+                    label = " ".join(f"{k[0]}{v}" for k, v in setting.items())  # e.g. "t2 s2"
+                    log(f"{name} {prec} batch {b} {label}: {iters} steps ...")
+                    with open_backend(target, name, device, **options, **setting) as be:
+                        t = time_backend(be, b, iters, warmup, prec, device)
+                    t.name, t.settings = f"{t.name} {label}".strip(), setting
+                    t.summarize(iters, flops, _peak(device, prec, machine["gpu"]), base_ips)
+                    runs.append(t)
     return {"machine": machine, "model": {"source": str(model or "random init"), **asdict(cfg)},
             "iters": iters, "warmup": warmup, "device": device,
-            "runs": [{k: v for k, v in asdict(r).items()} for r in runs]}
+            "runs": [asdict(r) for r in runs], "best": best_runs(runs), "swept": any(r.settings for r in runs)}
+
+
+def best_runs(runs: list[Timing]) -> list[str]:
+    """Names of the fastest run of each (backend, precision, batch) over the settings tried."""
+    best: dict[tuple, Timing] = {}
+    for r in runs[1:]:  # not the baseline
+        key = (r.backend, r.precision, r.batch)
+        if key not in best or r.stats["images_per_s"] > best[key].stats["images_per_s"]:
+            best[key] = r
+    return [r.name for r in best.values()]
 
 
 def write_json(report: dict, path) -> None:

@@ -321,10 +321,12 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
         model = default_model()
     be = backend if given else open_backend(model, backend, device, **(backend_options or {}))
     be.activate()
+    for note in be.notes:
+        log(f"note: {note}")
     opts = replace(opts, search=opts.search.resolved(be.info.meta.get("defaults")))
     encoder = load_encoder(model if model is not None else be.info.source, be.info, opts.init)
     summary = Summary(settings=job_settings(src, dst, model, be.name, device, spec, opts,
-                                            str(encoder.path) if encoder else None))
+                                            str(encoder.path) if encoder else None, be.settings()))
     todo, summary.skipped = list_todo(src, dst, opts)
 
     def fail(item: Item, err: Exception) -> None:
@@ -380,11 +382,11 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
 
 
 def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, spec: MaskSpec,
-                 opts: CompleteOptions, encoder: str | None) -> dict:
+                 opts: CompleteOptions, encoder: str | None, backend_settings: dict | None = None) -> dict:
     """The job's settings as the summary records them (the same for every driver)."""
     return {
         "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
-        "backend": backend_name, "device": device, "mask": spec.describe(),
+        "backend": backend_name, "device": device, "backend_settings": backend_settings or {}, "mask": spec.describe(),
         **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask")},
         "search": opts.search.as_dict(), "encoder": encoder,
     }

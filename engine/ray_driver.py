@@ -168,7 +168,7 @@ def _probe(model: str, backend: str, device: str, backend_options: dict, init: s
     be = open_backend(model, backend, device, **backend_options).activate()
     try:
         enc = load_encoder(model, be.info, init)
-        return {"backend": be.name, "size": be.info.size, "defaults": be.info.meta.get("defaults"),
+        return {"backend": be.name, "settings": be.settings(), "notes": be.notes, "size": be.info.size, "defaults": be.info.meta.get("defaults"),
                 "encoder": str(enc.path) if enc else None}
     finally:
         be.deactivate()
@@ -275,9 +275,11 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             probe = ray.remote(**resources)(_probe)
             info = ray.get(probe.remote(str(model), backend, actor_device, bopts, opts.init))
             ray_info["startup_seconds"] = round(time.perf_counter() - t0, 2)
+            for note in info["notes"]:
+                log(f"note: {note}")
             opts = replace(opts, search=opts.search.resolved(info["defaults"]))
             summary = Summary(skipped=skipped, settings=job_settings(
-                src, dst, model, info["backend"], device, spec, opts, info["encoder"]))
+                src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"]))
             summary.ray = ray_info
 
             bs = opts.batch_size

@@ -34,3 +34,16 @@ def test_bench_cli_json(tiny_ckpt, tmp_path):
         assert s["speedup_vs_baseline"] == pytest.approx(s["images_per_s"] / base)
         assert s["share_of_peak"] is None  # CPU peak unknown
     assert "images/s" in r.stdout and "speed-up" in r.stdout
+
+
+def test_thread_and_stream_sweep_marks_the_best(tiny_ckpt):
+    from gcomp.engine.bench import bench, settings_grid
+
+    assert settings_grid("torch", (1, 2), (1, 2)) == [{}]  # the reference takes neither
+    assert settings_grid("openvino", (1, 2), (None,)) == [{"threads": 1}, {"threads": 2}]
+    rep = bench(tiny_ckpt, ["onnxruntime"], [2], iters=2, warmup=0, threads=(1, 2), streams=(1, 2), log=lambda m: None)
+    runs = rep["runs"][1:]
+    assert [r["settings"] for r in runs] == [{"threads": t, "streams": s} for t in (1, 2) for s in (1, 2)]
+    assert [r["name"] for r in runs][0] == "onnxruntime fp32 b2 t1 s1"
+    fastest = max(runs, key=lambda r: r["stats"]["images_per_s"])["name"]
+    assert rep["swept"] and rep["best"] == [fastest]

@@ -107,3 +107,48 @@ def test_cli_openvino_equals_onnxruntime(exported, tmp_path):
     r = run(app, ["complete", str(src), str(tmp_path / "x"), "--model", str(exported), "--backend", "onnxruntime",
                   "--precision", "bf16"])
     assert r.exit_code == 2 and "--precision does not apply to the onnxruntime backend" in r.stderr
+
+
+def test_streams_split_the_batch_without_changing_results(exported):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    with open_backend(exported, "openvino", precision="fp32") as one:
+        z, y, w = search_inputs(5, one.info.size, one.info.zdim)
+        v = np.full_like(z, 0.01)
+        ref = one.step(z, v, y, w, 0.01, 0.9, 0.1)
+    for streams in (2, 3, 8):  # uneven parts, and more streams than images
+        with open_backend(exported, "openvino", precision="fp32", streams=streams, threads=2) as vb:
+            assert vb.settings()["streams"] == streams
+            for a, b in zip(vb.step(z, v, y, w, 0.01, 0.9, 0.1), ref):
+                # images are independent; only the summation order may differ (oneDNN picks its blocking
+                # by batch size): a few float32 ulps
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_precision_notes_say_what_runs(exported):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    import openvino as ov
+
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    with open_backend(exported, "openvino", precision="bf16") as vb:
+        # where the CPU cannot compute bf16, OpenVINO runs f32 and the backend says so
+        assert vb.settings()["precision"] == ("bf16" if native else "fp32")
+        assert bool(vb.notes) != native
+    with open_backend(exported, "openvino", precision="fp32") as vb:
+        assert vb.notes == [] and vb.settings()["precision"] == "fp32"
+
+
+def test_auto_backend_picks_openvino_only_where_it_is_faster(exported, tiny_ckpt, monkeypatch):
+    import importlib.util
+
+    from gcomp.engine.backends import auto_backend
+
+    assert auto_backend(tiny_ckpt, "cpu", native_bf16=True)[0] == "torch"
+    assert auto_backend(exported, "cuda", native_bf16=True)[0] == "onnxruntime"
+    assert auto_backend(exported, "cpu", native_bf16=False)[0] == "onnxruntime"
+    if importlib.util.find_spec("openvino") is not None:
+        name, why = auto_backend(exported, "cpu", native_bf16=True)
+        assert name == "openvino" and "native bf16" in why
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    name, why = auto_backend(exported, "cpu", native_bf16=True)
+    assert name == "onnxruntime" and "not installed" in why

@@ -101,3 +101,19 @@ def test_mismatched_export_folder_is_refused(exported, tmp_path):
     shutil.copy(exported / "step.onnx", bad / "generator.onnx")
     with pytest.raises(BackendError, match="not a gcomp generator"):
         open_backend(bad).activate()
+
+
+def test_streams_split_the_batch_without_changing_results(exported):
+    from synth import search_inputs
+
+    with open_backend(exported, "onnxruntime", streams=1) as one:
+        z, y, w = search_inputs(9, one.info.size, one.info.zdim)
+        v = np.full_like(z, 0.01)
+        ref = one.step(z, v, y, w, 0.01, 0.9, 0.1)
+    # 2: parts of 5 and 4 images; 8: too few images per stream, so one session does all
+    for streams in (2, 8):
+        with open_backend(exported, "onnxruntime", streams=streams, threads=2) as ob:
+            assert ob.settings()["streams"] == streams
+            for a, b in zip(ob.step(z, v, y, w, 0.01, 0.9, 0.1), ref):
+                # images are independent; only the summation order may differ (kernels block by batch size)
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

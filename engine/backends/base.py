@@ -5,8 +5,9 @@
         z, v, loss = b.step(z, v, y, w, lr, momentum, lam)   # one projected-momentum step
         result = b.search(z0, y, w, params)                  # the whole latent search
 
-Arrays in and out are numpy float32. `search` has a generic implementation on top of `step`;
-backends override it to keep the loop on the device (no host copy per iteration).
+Arrays in and out are numpy float32. `search` has a generic implementation on top of `step` (the host
+loop); backends override it to keep z/v on the device, with `DeviceLoop` reproducing the host loop's
+early stopping and history from the [B] losses of each call.
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ class Backend:
     def __init__(self):
         self.info: ModelInfo | None = None
         self.is_active = False
+        #: choices the backend made for the user at activation (precision under auto, ...), one line each
+        self.notes: list[str] = []
+
+    def settings(self) -> dict:
+        """What the backend runs with, for the job summary (name, device, precision, threads, ...)."""
+        return {"name": self.name, "device": getattr(self, "device_name", "cpu")}
 
     # -- lifecycle --------------------------------------------------------------------------
     def activate(self) -> "Backend":
@@ -87,14 +94,21 @@ class Backend:
         """One step: returns (z_out, v_out, loss at the input z)."""
         raise NotImplementedError
 
-    def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
-               callback: ProgressFn | None = None) -> SearchResult:
+    def resolve(self, hp: SearchParams) -> SearchParams:
+        """hp with the model's recommended defaults filled in; refuses what a step graph cannot run."""
         hp = hp.resolved(self.info.meta.get("defaults") if self.info else None)
         if hp.optimizer != "momentum":
             raise BackendError(f"the {self.name} backend runs the seed's momentum optimizer only "
                                f"(got {hp.optimizer}); use --backend torch for adam")
         if hp.iters % self.unroll:
             raise BackendError(f"--iters {hp.iters} is not a multiple of the graph's unroll {self.unroll}")
+        return hp
+
+    def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
+               callback: ProgressFn | None = None) -> SearchResult:
+        """The host loop: every call's z/v pass through numpy. It defines the results (z, loss, history,
+        early stopping) that device-resident loops (DeviceLoop below) must reproduce."""
+        hp = self.resolve(hp)
         t0 = time.perf_counter()
         z = np.ascontiguousarray(z0, np.float32)
         v = np.zeros_like(z)
@@ -116,3 +130,64 @@ class Backend:
         """Loss at z: a step with lr = 0 and momentum = 0 leaves z in place and reports it."""
         _, _, loss = self.step(z, np.zeros_like(z), y, w, 0.0, 0.0, lam)
         return loss
+
+
+class DeviceLoop:
+    """Early-stop bookkeeping for a search whose z/v stay on a device (one call = `unroll` steps), so
+    that it returns what Backend.search's host loop returns.
+
+    The device never freezes an image: its row keeps stepping there, which is harmless because images
+    are independent (BatchNorm on running statistics). Instead the host reads each call's [B] losses
+    (the loss at the call's input z) and, on the call where images stop, copies that input z once and
+    keeps those rows and losses. The host loop freezes a stopped image at exactly that z (and then keeps
+    reporting the same loss for it), so the final latents, the history and the call the search ends on
+    are the same.
+    """
+
+    def __init__(self, n: int, patience: int | None, unroll: int = 1):
+        self.stop = EarlyStop(n, patience)
+        self.unroll = unroll
+        self.history: list[float] = []
+        self.frozen_z: np.ndarray | None = None
+        self.frozen_loss = np.zeros(n, np.float32)
+
+    def record(self, loss: np.ndarray, z_in: Callable[[], np.ndarray] | None = None) -> bool:
+        """After one call: `loss` [B] is at the call's input z; `z_in()` reads that z (called only when
+        images stop on this call). Returns True when every image has stopped."""
+        was = self.stop.active.copy()
+        loss = np.asarray(loss, np.float32)
+        self.history += [float(np.mean(np.where(was, loss, self.frozen_loss)))] * self.unroll
+        stopped = was & ~self.stop.update(loss, self.unroll)
+        if stopped.any():
+            z = z_in()
+            if self.frozen_z is None:
+                self.frozen_z = np.zeros(z.shape, np.float32)
+            self.frozen_z[stopped] = z[stopped]
+            self.frozen_loss[stopped] = loss[stopped]
+        return self.stop.done
+
+    def latents(self, z_last: np.ndarray) -> np.ndarray:
+        """The search's z (a new array): the device's latest z, stopped images' rows replaced by where they stopped."""
+        if self.frozen_z is None:
+            return np.array(z_last, np.float32)
+        return np.where(self.stop.active[:, None], z_last, self.frozen_z).astype(np.float32)
+
+
+def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
+    """The step graph's inputs by name, contiguous float32 (what every ONNX-based backend feeds)."""
+    f32 = np.float32
+    return {"z": np.ascontiguousarray(z, f32), "v": np.ascontiguousarray(v, f32),
+            "y": np.ascontiguousarray(y, f32), "w": np.ascontiguousarray(w, f32),
+            "lr": np.array(lr, f32), "momentum": np.array(momentum, f32), "lam": np.array(lam, f32)}
+
+
+def split_batch(feed: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
+    """`feed` cut into up to `parts` feeds along the batch axis (the 0-d inputs are shared), for
+    backends that run several requests at once; images are independent, so the results concatenate."""
+    n = len(feed["z"])
+    parts = max(1, min(parts, n))
+    if parts == 1:
+        return [feed]
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    batched = {k for k, a in feed.items() if a.ndim and len(a) == n}  # a mask broadcast over the batch is shared
+    return [{k: a[lo:hi] if k in batched else a for k, a in feed.items()} for lo, hi in zip(bounds[:-1], bounds[1:])]

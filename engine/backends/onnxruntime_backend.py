@@ -1,31 +1,44 @@
 """The ONNX Runtime backend: runs `gcomp export`'s generator.onnx and step.onnx, with no PyTorch.
 
-CPU: plain session runs (the arrays live in host memory anyway); intra-op threads are exposed.
-CUDA: the search keeps z and v on the GPU in two ping-pong buffer pairs bound with IO binding,
-so nothing crosses to the host inside the loop; with a fixed batch and unroll, each direction
-(A->B, B->A) is captured once as a CUDA graph (ORT's `gpu_graph_id`) and replayed.
+CPU: plain session runs by default (the arrays live in host memory anyway); intra-op threads are exposed.
+CUDA: the search keeps z and v on the GPU in two ping-pong buffer pairs bound with IO binding, so only
+each call's [B] losses cross to the host inside the loop; with a fixed batch, each direction (A->B, B->A)
+is captured once as a CUDA graph (ORT's `gpu_graph_id`) and replayed. The same IO-binding loop runs on
+CPU with io_binding=True (that is how its logic is tested without a GPU).
 """
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, SearchResult
+from .base import Backend, BackendError, DeviceLoop, SearchResult, split_batch, step_feed
 from .exported import export_info, model_files
+
+
+STEP_OUTPUTS = ["z_out", "v_out", "loss"]
+MIN_PER_STREAM = 4  # below this many images per stream one session on all threads is faster (batch 1: 1.6x)
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model, device: str = "cpu", threads: int | None = None, cuda_graph: bool = True):
+    def __init__(self, model, device: str = "cpu", threads: int | None = None, streams: int | None = None,
+                 cuda_graph: bool = True, io_binding: bool | None = None):
+        """threads: CPU threads in all (default: ONNX Runtime's, one per core); streams (CPU): the batch
+        is split across this many sessions run at once, each with threads / streams threads;
+        io_binding: search with the IO-binding ping-pong loop; None = on CUDA only."""
         super().__init__()
         self.model = model
         self.device_name = device
         self.threads = threads
+        self.streams = streams
         self.cuda_graph = cuda_graph
+        self.io_binding = io_binding
 
     # -- lifecycle --------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -42,8 +55,19 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"--device {self.device_name}: this ONNX Runtime has no CUDA provider "
                                f"(has {', '.join(ort.get_available_providers())}); "
                                "pip uninstall onnxruntime && pip install onnxruntime-gpu")
+        if self.on_cuda and (self.streams or 1) > 1:
+            raise BackendError("--streams is a CPU setting (on CUDA, use one large batch)")
+        cores = self.threads or os.cpu_count() or 1
+        # Default one stream: on 2 cores, two sessions on one core each measured from 0.99x to 1.13x one
+        # session on both at batch 16-64 depending on the run (benchmarks/results/amd-epyc-2c.md), not a
+        # gain to make the default on; `--streams` is there to try on larger CPUs.
+        n = self.streams or 1
+        self.n_streams = n
         self.gen = self._session(gen_path, graph=False)
-        self.step_sess = self._session(step_path, graph=False)
+        self.step_sess = self._session(step_path, graph=False)  # all threads: small batches, IO binding
+        self.stream_sessions = [self._session(step_path, graph=False, threads=max(1, cores // n))
+                                for _ in range(n)] if n > 1 else []
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="gcomp-ort") if n > 1 else None
         self.info, self.unroll, self.fixed_batch = export_info(
             gen_path, self.gen.get_modelmeta().custom_metadata_map,
             step_path, self.step_sess.get_modelmeta().custom_metadata_map)
@@ -53,12 +77,13 @@ class OnnxRuntimeBackend(Backend):
         else:
             self.step_graph_sess = None
 
-    def _session(self, path: Path, graph: bool):
+    def _session(self, path: Path, graph: bool, threads: int | None = None):
         ort = self.ort
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = self.threads
+        threads = threads or self.threads
+        if threads:
+            so.intra_op_num_threads = threads
         if self.on_cuda:
             opts = {"device_id": self.device_id}
             if graph:
@@ -72,49 +97,52 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"{path}: ONNX Runtime cannot load it ({e})") from None
 
     def deactivate_impl(self) -> None:
-        self.gen = self.step_sess = self.step_graph_sess = None
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.gen = self.step_sess = self.step_graph_sess = self.stream_sessions = self.pool = None
+
+    def settings(self) -> dict:
+        return super().settings() | {"threads": self.threads, "streams": self.n_streams,
+                                     "io_binding": self.on_cuda if self.io_binding is None else self.io_binding}
 
     # -- inference ---------------------------------------------------------------------------
     def generate(self, z: np.ndarray) -> np.ndarray:
         return self.gen.run(["image"], {"z": np.ascontiguousarray(z, np.float32)})[0]
 
-    def _feed(self, z, v, y, w, lr, momentum, lam) -> dict:
-        f32 = np.float32
-        return {"z": np.ascontiguousarray(z, f32), "v": np.ascontiguousarray(v, f32),
-                "y": np.ascontiguousarray(y, f32), "w": np.ascontiguousarray(w, f32),
-                "lr": np.array(lr, f32), "momentum": np.array(momentum, f32), "lam": np.array(lam, f32)}
-
     def step(self, z, v, y, w, lr, momentum, lam):
         """One call of the step graph: `unroll` steps; loss is at the input z."""
-        z2, v2, loss = self.step_sess.run(["z_out", "v_out", "loss"], self._feed(z, v, y, w, lr, momentum, lam))
-        return z2, v2, loss
+        feed = step_feed(z, v, y, w, lr, momentum, lam)
+        if self.n_streams == 1 or len(z) < MIN_PER_STREAM * self.n_streams:  # one session, every thread
+            return tuple(self.step_sess.run(STEP_OUTPUTS, feed))
+        feeds = split_batch(feed, self.n_streams)
+        outs = list(self.pool.map(lambda sf: sf[0].run(STEP_OUTPUTS, sf[1]), zip(self.stream_sessions, feeds)))
+        return tuple(np.concatenate(part) for part in zip(*outs))  # ONNX Runtime releases the GIL in run()
 
     def loss(self, z, y, w, lam: float) -> np.ndarray:
         return self.step(z, np.zeros_like(z), y, w, 0.0, 0.0, lam)[2]
 
     def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
-        if self.on_cuda and callback is None:
-            hp = hp.resolved(self.info.meta.get("defaults"))
-            if hp.optimizer == "momentum" and hp.iters % self.unroll == 0:
-                return self._search_cuda(z0, y, w, hp)
-        return super().search(z0, y, w, hp, callback)  # host loop; it also explains what is refused
+        bound = self.on_cuda if self.io_binding is None else self.io_binding
+        if not bound:
+            return super().search(z0, y, w, hp, callback)  # the host loop
+        return self._search_bound(z0, y, w, self.resolve(hp), callback)
 
-    def _search_cuda(self, z0, y, w, hp: SearchParams) -> SearchResult:
-        """Device-resident loop: z/v ping-pong between two OrtValue pairs; losses stay on the GPU
-        until the end (one host copy per call of the losses only, which is [B] floats)."""
+    def _search_bound(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
+        """Device-resident loop: z/v ping-pong between two OrtValue pairs (call k reads pair k % 2 and
+        writes the other), so per call only the [B] losses come to the host (DeviceLoop: early stopping
+        and history as the host loop has them)."""
         ort = self.ort
         t0 = time.perf_counter()
-        dev, did = "cuda", self.device_id
+        dev, did = ("cuda", self.device_id) if self.on_cuda else ("cpu", 0)
         sess = self.step_graph_sess or self.step_sess
-        ov = ort.OrtValue.ortvalue_from_numpy
-        f32 = np.float32
-        zero = np.zeros_like(z0, dtype=f32)
-        bufs = [(ov(np.ascontiguousarray(z0, f32), dev, did), ov(zero, dev, did)),
-                (ov(zero, dev, did), ov(zero, dev, did))]
-        consts = {"y": ov(np.ascontiguousarray(y, f32), dev, did), "w": ov(np.ascontiguousarray(w, f32), dev, did),
-                  "lr": ov(np.array(hp.step_lr, f32), dev, did), "momentum": ov(np.array(hp.momentum, f32), dev, did),
-                  "lam": ov(np.array(hp.lam, f32), dev, did)}
-        losses = [ov(np.zeros(len(z0), f32), dev, did) for _ in range(2)]
+
+        def ov(a):  # a fresh array each: on 'cpu' an OrtValue wraps the array's memory, so none may share one
+            return ort.OrtValue.ortvalue_from_numpy(np.array(a, np.float32), dev, did)
+
+        zero = np.zeros_like(z0, dtype=np.float32)
+        bufs = [(ov(z0), ov(zero)), (ov(zero), ov(zero))]
+        consts = {"y": ov(y), "w": ov(w), "lr": ov(hp.step_lr), "momentum": ov(hp.momentum), "lam": ov(hp.lam)}
+        losses = [ov(np.zeros(len(z0))) for _ in range(2)]
         bindings = []
         for src in (0, 1):
             b = sess.io_binding()
@@ -128,13 +156,17 @@ class OnnxRuntimeBackend(Backend):
             if self.step_graph_sess is not None:
                 ro.add_run_config_entry("gpu_graph_id", str(src + 1))  # one captured graph per direction
             bindings.append((b, ro))
-        history = []
-        calls = hp.iters // self.unroll
-        for call in range(calls):
-            b, ro = bindings[call % 2]
+        loop = DeviceLoop(len(z0), hp.patience, self.unroll)
+        cur = 0  # the pair holding the latest z
+        for call in range(hp.iters // self.unroll):
+            b, ro = bindings[cur]
             sess.run_with_iobinding(b, ro)
-            if call % 50 == 49 or call == calls - 1:  # sparse history: a host copy is a sync point
-                history.append(float(losses[call % 2].numpy().mean()))
-        z = bufs[calls % 2][0].numpy()
+            src, cur = cur, 1 - cur
+            done = loop.record(losses[src].numpy(), lambda: bufs[src][0].numpy())
+            if callback is not None:
+                callback((call + 1) * self.unroll - 1, loop.latents(bufs[cur][0].numpy()))
+            if done:
+                break
+        z = loop.latents(bufs[cur][0].numpy())
         final = self.loss(z, y, w, hp.lam)
-        return SearchResult(z=z, loss=final, history=history, seconds=time.perf_counter() - t0)
+        return SearchResult(z=z, loss=final, history=loop.history, seconds=time.perf_counter() - t0)

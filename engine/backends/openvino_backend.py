@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, BackendError
+from .base import Backend, BackendError, split_batch, step_feed
 from .exported import export_info, model_files, onnx_metadata
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -83,35 +83,53 @@ class OpenVINOBackend(Backend):
         self.info, self.unroll, self.fixed_batch = export_info(gen_path, onnx_metadata(gen_path),
                                                                step_path, onnx_metadata(step_path))
         self.precision = pick_precision(self.requested)
+        if self.requested == "auto":
+            why = "this CPU has native bf16" if self.precision == "bf16" else "this CPU has no native bf16 (AVX512_BF16/AMX)"
+            self.notes.append(f"openvino: inference precision {self.precision} (--precision auto: {why})")
         core = ov.Core()
         # OpenVINO keys its cache on the file path, not the content (seen with 2026.4: a rewritten
         # .onnx was served from the old entry), so each content gets its own folder.
         digest = hashlib.sha256(gen_path.read_bytes() + step_path.read_bytes()).hexdigest()[:16]
         self.cache_dir = cache_dir_for(step_path.parent) / digest
         core.set_property({"CACHE_DIR": str(self.cache_dir)})
+        n = self.streams or 1
+        # One stream: all threads on one request (LATENCY). Several: the batch is split across that
+        # many requests run at once, each stream on its share of the threads (THROUGHPUT).
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
+                  "PERFORMANCE_HINT": "LATENCY" if n == 1 else "THROUGHPUT", "NUM_STREAMS": n}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-        if self.streams:
-            config["NUM_STREAMS"] = int(self.streams)
         try:
             self.gen = core.compile_model(str(gen_path), "CPU", config).create_infer_request()
-            self.step_req = core.compile_model(str(step_path), "CPU", config).create_infer_request()
+            step_model = core.compile_model(str(step_path), "CPU", config)
         except RuntimeError as e:
             raise BackendError(f"{step_path.parent}: OpenVINO cannot compile it ({e})") from None
+        self.step_reqs = [step_model.create_infer_request() for _ in range(n)]
+        # OpenVINO quietly computes in f32 where the CPU lacks bf16 (OPTIMIZATION_CAPABILITIES has no
+        # BF16, e.g. AVX2-only CPUs): report what it runs, not what was asked.
+        ran = "bf16" if step_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "fp32"
+        if ran != self.precision:
+            self.notes.append(f"openvino: {self.precision} was asked for but this CPU has no bf16 support; "
+                              f"OpenVINO computes in {ran}")
+            self.precision = ran
 
     def deactivate_impl(self) -> None:
-        self.gen = self.step_req = None
+        self.gen = self.step_reqs = None
+
+    def settings(self) -> dict:
+        return super().settings() | {"precision": self.precision, "threads": self.threads,
+                                     "streams": len(self.step_reqs or ()) or self.streams}
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         res = self.gen.infer({"z": np.ascontiguousarray(z, np.float32)})
         return np.array(res["image"])
 
     def step(self, z, v, y, w, lr, momentum, lam):
-        f32 = np.float32
-        res = self.step_req.infer({"z": np.ascontiguousarray(z, f32), "v": np.ascontiguousarray(v, f32),
-                                   "y": np.ascontiguousarray(y, f32), "w": np.ascontiguousarray(w, f32),
-                                   "lr": np.array(lr, f32), "momentum": np.array(momentum, f32),
-                                   "lam": np.array(lam, f32)})
-        return np.array(res["z_out"]), np.array(res["v_out"]), np.array(res["loss"])
+        feeds = split_batch(step_feed(z, v, y, w, lr, momentum, lam), len(self.step_reqs))
+        reqs = self.step_reqs[:len(feeds)]
+        for req, feed in zip(reqs, feeds):
+            req.start_async(feed)
+        for req in reqs:
+            req.wait()
+        return tuple(np.concatenate([np.array(r.get_tensor(name).data) for r in reqs])
+                     for name in ("z_out", "v_out", "loss"))

@@ -6,7 +6,8 @@ deserializing, the engine's gcomp header is checked against this runtime (Tensor
 TensorRT-RTX, its exact version) and this GPU's compute capability, so a mismatched engine is
 refused with a message instead of crashing. The search keeps z and v in two ping-pong buffer
 pairs on the GPU, runs `execute_async_v3` on one stream, and captures each direction (A->B,
-B->A) once as a CUDA graph that is then replayed; only the final z comes back to the host.
+B->A) once as a CUDA graph that is then replayed; per call only the [B] losses come back to the
+host (early stopping and history as the host loop has them: base.DeviceLoop), then the final z.
 
 Status: written against the TensorRT 10 / TensorRT-RTX 1.x Python API; it has not run on a GPU
 yet (see the README's "What was verified where").
@@ -18,7 +19,7 @@ import time
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, ModelInfo, SearchResult
+from .base import Backend, BackendError, DeviceLoop, ModelInfo, SearchResult
 from .exported import model_files
 
 STEP_IN = ("z", "v", "y", "w", "lr", "momentum", "lam")
@@ -174,20 +175,14 @@ class TensorRTBackend(Backend):
             self._release(mark)
 
     def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
-        hp = hp.resolved(self.info.meta.get("defaults"))
-        if hp.optimizer != "momentum":
-            raise BackendError("the exported step engine runs the seed's momentum optimizer; use --backend torch for adam")
-        if hp.iters % self.unroll:
-            raise BackendError(f"--iters {hp.iters} is not a multiple of the engine's unroll {self.unroll}")
-        if callback is not None:
-            return super().search(z0, y, w, hp, callback)
+        hp = self.resolve(hp)
         mark = len(self.buffers)
         try:
-            return self._search_device(z0, y, w, hp)
+            return self._search_device(z0, y, w, hp, callback)
         finally:
             self._release(mark)
 
-    def _search_device(self, z0, y, w, hp: SearchParams) -> SearchResult:
+    def _search_device(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         cudart, t0 = self.cudart, time.perf_counter()
         a = self._step_buffers(z0, np.zeros_like(z0), y, w, hp.step_lr, hp.momentum, hp.lam)
         b = {"z": self._alloc(z0.shape), "v": self._alloc(z0.shape)}
@@ -210,15 +205,24 @@ class TensorRTBackend(Backend):
             # the warm-up runs above moved z: start again from z0
             a["z"].upload(z0, self.stream)
             a["v"].upload(np.zeros_like(z0), self.stream)
+        loop = DeviceLoop(len(z0), hp.patience, self.unroll)
+        cur = a  # the pair holding the latest z
         for call in range(calls):
             d = call % 2
             if graphs[d] is not None:
                 _ok(cudart.cudaGraphLaunch(graphs[d], self.stream))
             else:
                 self._run("step", *direction[d])
-        final_z = (b if calls % 2 else a)["z"].download(self.stream)
+            src, cur = cur, (b if d == 0 else a)
+            # a download synchronizes the stream: the losses are this call's
+            done = loop.record(loss.download(self.stream), lambda: src["z"].download(self.stream))
+            if callback is not None:
+                callback((call + 1) * self.unroll - 1, loop.latents(cur["z"].download(self.stream)))
+            if done:
+                break
+        final_z = loop.latents(cur["z"].download(self.stream))
         for g in graphs:
             if g is not None:
                 cudart.cudaGraphExecDestroy(g)
         final = self.loss(final_z, y, w, hp.lam)
-        return SearchResult(z=final_z, loss=final, history=[], seconds=time.perf_counter() - t0)
+        return SearchResult(z=final_z, loss=final, history=loop.history, seconds=time.perf_counter() - t0)
