@@ -9,7 +9,6 @@ ratio in the summary is against a baseline timed minutes apart on the same machi
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from datetime import date
 from pathlib import Path
@@ -30,10 +29,12 @@ def summary_md(report: dict, full_iters: int) -> str:
              f"images/s is for {full_iters} iterations per image (the seed's default).", "",
              "| run | batch | mean ms/step | median | p90 | p99 | images/s @ %d it | speed-up vs seed loop | GFLOP/s |" % full_iters,
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    swept = report.get("swept")
     for r in report["runs"]:
         s, ms = r["stats"], r["stats"]["step_ms"]
         ips = r["batch"] / (ms["mean"] / 1e3 * full_iters)
-        lines.append(f"| {r['name']} | {r['batch']} | {ms['mean']:.1f} | {ms['median']:.1f} | {ms['p90']:.1f} | "
+        star = " **(best)**" if swept and r["name"] in report["best"] else ""
+        lines.append(f"| {r['name']}{star} | {r['batch']} | {ms['mean']:.1f} | {ms['median']:.1f} | {ms['p90']:.1f} | "
                      f"{ms['p99']:.1f} | {ips:.3f} | {s['speedup_vs_baseline']:.2f}x | {s['achieved_flops'] / 1e9:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -45,13 +46,16 @@ def main() -> None:
     ap.add_argument("--batch-size", default="1,16,64")
     ap.add_argument("--precision", default="fp32,fp16")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", default="", help="thread counts to sweep, e.g. 1,2 (default: the backend's)")
+    ap.add_argument("--streams", default="", help="stream counts to sweep, e.g. 1,2 (default: the backend's)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--full-iters", type=int, default=1000, help="iterations per image for the images/s column")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     report = bench(a.model, split(a.backend), [int(b) for b in split(a.batch_size)], a.iters, split(a.precision),
-                   a.device, log=print)
+                   a.device, log=print, threads=[int(t) for t in split(a.threads)] or [None],
+                   streams=[int(n) for n in split(a.streams)] or [None])
     tag = machine_tag(report["machine"])
     out = Path(a.out)
     write_json(report, out / f"{tag}.json")
