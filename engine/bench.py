@@ -215,7 +215,7 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
             for b in batch_sizes:
                 for setting in settings_grid(name, threads, streams):
                     label = " ".join(f"{k[0]}{v}" for k, v in setting.items())  # e.g. "t2 s2"
-                    log(f"{name} {prec} batch {b} {label}: {iters} steps ...")
+                    log(f"{name} {prec} batch {b}{' ' + label if label else ''}: {iters} steps ...")
                     with open_backend(target, name, device, **options, **setting) as be:
                         t = time_backend(be, b, iters, warmup, prec, device)
                     t.name, t.settings = f"{t.name} {label}".strip(), setting
