@@ -48,6 +48,19 @@ def _assert_same(a, b, atol):
     np.testing.assert_allclose(b.history, a.history, rtol=atol)
 
 
+def _assert_same_loops(hp, host, device, device_no_callback):
+    """A device loop (with and without a progress callback) gives the host loop's results and callbacks."""
+    (a, seen_a), (b, seen_b) = host, device
+    _assert_same(a, b, atol=1e-6)
+    _assert_same(a, device_no_callback, atol=1e-6)
+    assert [i for i, _ in seen_a] == [i for i, _ in seen_b]
+    for (_, za), (_, zb) in zip(seen_a, seen_b):
+        np.testing.assert_allclose(zb, za, atol=1e-6)
+    if hp.patience:
+        counts = _stop_counts(seen_b)
+        assert counts.max() > 0 and len(set(counts.tolist())) > 1, counts  # stopped, at different steps
+
+
 # -- torch ----------------------------------------------------------------------------------------------
 def test_fp32_on_cpu_is_the_oracle_by_default(tiny_ckpt):
     with open_backend(tiny_ckpt) as b:
@@ -79,14 +92,7 @@ def test_torch_fast_loop_equals_the_host_loop(tiny_ckpt, hp):
         # without a callback and early stopping, losses stay on the device until the end (another branch)
         z0, y, w = search_inputs(6, fast.info.size, fast.info.zdim)
         c = fast.search(z0, y, w, hp)
-    _assert_same(a, b, atol=1e-6)
-    _assert_same(a, c, atol=1e-6)
-    assert [i for i, _ in seen_a] == [i for i, _ in seen_b]
-    for (_, za), (_, zb) in zip(seen_a, seen_b):
-        np.testing.assert_allclose(zb, za, atol=1e-6)
-    if hp.patience:
-        counts = _stop_counts(seen_b)
-        assert counts.max() > 0 and len(set(counts.tolist())) > 1, counts  # stopped, at different steps
+    _assert_same_loops(hp, (a, seen_a), (b, seen_b), c)
 
 
 def test_torch_bf16_on_cpu_is_close_to_the_oracle(tiny_ckpt):
@@ -145,14 +151,7 @@ def test_onnxruntime_io_binding_loop_equals_the_host_loop_on_cpu(exported, hp):
         z0, y, w = search_inputs(6, dev.info.size, dev.info.zdim)
         c = dev.search(z0, y, w, hp)  # no callback
         np.testing.assert_array_equal(z0, search_inputs(6, dev.info.size, dev.info.zdim)[0])  # z0 not written
-    _assert_same(a, b, atol=1e-6)
-    _assert_same(a, c, atol=1e-6)
-    assert [i for i, _ in seen_a] == [i for i, _ in seen_b]
-    for (_, za), (_, zb) in zip(seen_a, seen_b):
-        np.testing.assert_allclose(zb, za, atol=1e-6)
-    if hp.patience:
-        counts = _stop_counts(seen_b)
-        assert counts.max() > 0 and len(set(counts.tolist())) > 1, counts
+    _assert_same_loops(hp, (a, seen_a), (b, seen_b), c)
 
 
 # -- CUDA -----------------------------------------------------------------------------------------------
