@@ -25,7 +25,8 @@ def summary_md(report: dict, full_iters: int) -> str:
     m = report["machine"]
     lines = [f"# gcomp bench on {m['gpu'] or m['cpu']} ({m['cores']} cores), {date.today()}", "",
              f"Libraries: {', '.join(f'{k} {v}' for k, v in m['libraries'].items())}. "
-             f"Timed steps per run: {report['iters']} after {report['warmup']} warm-up steps; "
+             f"Timed steps per run: {report['iters']} after {report['warmup']} warm-up steps"
+             f"{', interleaved in %d rounds' % report['rounds'] if report.get('rounds', 1) > 1 else ''}; "
              f"images/s is for {full_iters} iterations per image (the seed's default).", "",
              "| run | batch | mean ms/step | median | p90 | p99 | images/s @ %d it | speed-up vs seed loop | GFLOP/s |" % full_iters,
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -49,13 +50,14 @@ def main() -> None:
     ap.add_argument("--threads", default="", help="thread counts to sweep, e.g. 1,2 (default: the backend's)")
     ap.add_argument("--streams", default="", help="stream counts to sweep, e.g. 1,2 (default: the backend's)")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1, help="interleave the runs in this many passes (see gcomp bench)")
     ap.add_argument("--full-iters", type=int, default=1000, help="iterations per image for the images/s column")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     report = bench(a.model, split(a.backend), [int(b) for b in split(a.batch_size)], a.iters, split(a.precision),
                    a.device, log=print, threads=[int(t) for t in split(a.threads)] or [None],
-                   streams=[int(n) for n in split(a.streams)] or [None])
+                   streams=[int(n) for n in split(a.streams)] or [None], rounds=a.rounds)
     tag = machine_tag(report["machine"])
     out = Path(a.out)
     write_json(report, out / f"{tag}.json")

@@ -23,6 +23,9 @@ def bench(
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
     threads: str = typer.Option("", "--threads", help="Comma-separated CPU thread counts to sweep (onnxruntime, openvino); default: all cores."),
     streams: str = typer.Option("", "--streams", help="Comma-separated stream counts to sweep (onnxruntime, openvino): the batch is split across that many concurrent requests."),
+    rounds: int = typer.Option(1, "--rounds", help="1: time each run in one block. N > 1: load every run, then N "
+                               "interleaved passes, so a noisy machine slows all runs alike: for backend-vs-backend "
+                               "comparisons (the seed loop runs slower interleaved, so its ratios are too high)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
 ):
     """Time the seed-faithful loop and each backend on the same synthetic inputs, in one process."""
@@ -40,7 +43,8 @@ def bench(
     try:
         report = run(model, _list(backend), [int(b) for b in _list(batch_size)], iters, _list(precision),
                      device, warmup, log=lambda m: typer.echo(m, err=True),
-                     threads=[int(t) for t in _list(threads)] or [None], streams=[int(n) for n in _list(streams)] or [None])
+                     threads=[int(t) for t in _list(threads)] or [None], streams=[int(n) for n in _list(streams)] or [None],
+                     rounds=rounds)
     except (BackendError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     m = report["machine"]

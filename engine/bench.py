@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from .masks import make_mask
 from .search import momentum_update
 
 BASELINE_BATCH = 64
+PAUSE_S = 0.2  # interleaved runs: ONNX Runtime's and OpenVINO's idle worker threads spin for a while
 UNSUPPORTED = {("torch", "fp16"): "the torch backend computes in fp32, tf32 (CUDA) or bf16",
                ("openvino", "fp16"): "OpenVINO's CPU plugin infers in fp32 or bf16",
                ("onnxruntime", "tf32"): "tf32 is a torch backend mode", ("openvino", "tf32"): "tf32 is a torch backend mode"}
@@ -119,41 +121,99 @@ def synthetic_inputs(batch: int, size: int, zdim: int, seed: int = 0):
     return z, y, w
 
 
-def time_seed_loop(checkpoint, iters: int, warmup: int, device: str = "cpu") -> Timing:
+class Run:
+    """One configuration under test: `open()` loads it, each `call()` advances its search by one call
+    (state fed back), `close()` releases it. Timed in blocks or interleaved by `time_runs`."""
+
+    def __init__(self, timing: Timing, opener: Callable[[], tuple[Callable[[], None], Callable[[], None]]]):
+        self.timing = timing
+        self._opener = opener
+        self.call = self.close = None
+
+    def open(self) -> None:
+        self.call, self.close = self._opener()
+
+
+def seed_loop_run(checkpoint, device: str = "cpu") -> Run:
     """The seed's loop: eager forward/backward, gradient to host, numpy update, z back to the device."""
-    import torch
 
-    from ..train.checkpoint import load_models
-    from .reference import loss_and_grad
+    def opener():
+        import torch
 
-    cfg, G, D = load_models(checkpoint, device)
-    z, y, w = synthetic_inputs(BASELINE_BATCH, cfg.size, cfg.zdim)
-    yt, wt = torch.from_numpy(y).to(device), torch.from_numpy(w).to(device)
-    v = np.zeros_like(z)
-    t = Timing("seed loop", "baseline", BASELINE_BATCH, "fp32", device)
-    for i in range(warmup + iters):
-        t0 = time.perf_counter()
-        _, g = loss_and_grad(G, D, torch.from_numpy(z).to(device), yt, wt, 0.1)
-        z, v = momentum_update(z, v, g.cpu().numpy(), 0.01, 0.9)
-        if i >= warmup:
-            t.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-    return t
+        from ..train.checkpoint import load_models
+        from .reference import loss_and_grad
+
+        cfg, G, D = load_models(checkpoint, device)
+        z, y, w = synthetic_inputs(BASELINE_BATCH, cfg.size, cfg.zdim)
+        yt, wt = torch.from_numpy(y).to(device), torch.from_numpy(w).to(device)
+        state = [z, np.zeros_like(z)]
+
+        def call():
+            _, g = loss_and_grad(G, D, torch.from_numpy(state[0]).to(device), yt, wt, 0.1)
+            state[0], state[1] = momentum_update(state[0], state[1], g.cpu().numpy(), 0.01, 0.9)
+
+        return call, lambda: None
+
+    return Run(Timing("seed loop", "baseline", BASELINE_BATCH, "fp32", device), opener)
 
 
-def time_backend(be, batch: int, iters: int, warmup: int, precision: str, device: str) -> Timing:
-    """Time `iters` steps of a backend through its step() contract, state fed back each call."""
-    info = be.info
-    z, y, w = synthetic_inputs(batch, info.size, info.zdim)
-    v = np.zeros_like(z)
-    k = getattr(be, "unroll", 1)
-    t = Timing(f"{be.name} {precision} b{batch}", be.name, batch, precision, device, steps_per_call=k)
-    calls = max(1, iters // k)
-    for i in range(warmup + calls):
-        t0 = time.perf_counter()
-        z, v, _ = be.step(z, v, y, w, 0.01, 0.9, 0.1)
-        if i >= warmup:
-            t.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-    return t
+def backend_run(open_be: Callable, timing: Timing) -> Run:
+    """A backend through its step() contract; timing.steps_per_call is set from its unroll when opened."""
+
+    def opener():
+        be = open_be().activate()
+        z, y, w = synthetic_inputs(timing.batch, be.info.size, be.info.zdim)
+        state = [z, np.zeros_like(z)]
+        timing.steps_per_call = getattr(be, "unroll", 1)
+
+        def call():
+            state[0], state[1], _ = be.step(state[0], state[1], y, w, 0.01, 0.9, 0.1)
+
+        return call, be.deactivate
+
+    return Run(timing, opener)
+
+
+def time_runs(runs: list[Run], iters: int, warmup: int, rounds: int = 1, log=print) -> None:
+    """Time each run for `iters` steps after `warmup` untimed calls. rounds = 1: one run after the other
+    (one loaded at a time). rounds > 1: all loaded, then `rounds` passes over them, each timing its share
+    of the calls, so a slow spell of a shared machine hits every run alike instead of one."""
+
+    def timed(run: Run, n: int) -> None:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            run.call()
+            run.timing.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def calls(run: Run) -> int:
+        return max(1, iters // run.timing.steps_per_call)
+
+    if rounds <= 1:
+        for run in runs:
+            log(f"{run.timing.name}: {iters} steps ...")
+            run.open()
+            try:
+                for _ in range(warmup):
+                    run.call()
+                timed(run, calls(run))
+            finally:
+                run.close()
+        return
+    log(f"loading {len(runs)} runs; then {rounds} interleaved rounds of {iters} steps in all ...")
+    try:
+        for run in runs:
+            run.open()
+            for _ in range(warmup):
+                run.call()
+        for r in range(rounds):
+            for run in runs:
+                time.sleep(PAUSE_S)  # the previous run's thread pools stop spinning before this one is timed
+                n = calls(run)
+                timed(run, n * (r + 1) // rounds - n * r // rounds)
+    finally:
+        for run in runs:
+            if run.close is not None:
+                run.close()
 
 
 def settings_grid(backend: str, threads=(None,), streams=(None,)) -> list[dict]:
@@ -172,12 +232,13 @@ def settings_grid(backend: str, threads=(None,), streams=(None,)) -> list[dict]:
 
 
 def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int = 20, precisions=("fp32",),
-          device: str = "cpu", warmup: int = 3, workdir=None, log=print, threads=(None,), streams=(None,)) -> dict:
+          device: str = "cpu", warmup: int = 3, workdir=None, log=print, threads=(None,), streams=(None,),
+          rounds: int = 1) -> dict:
     """Run the baseline and each (backend, precision, batch, thread/stream setting); return the report.
 
     threads / streams: values to sweep (None: the backend's default) for backends that take them;
     each run's name then says its setting, and `best` in the report picks the fastest per
-    (backend, precision, batch).
+    (backend, precision, batch). rounds > 1 interleaves the runs (see time_runs).
     """
     from ..train.checkpoint import load_models, save
     from ..train.model import ModelConfig, build
@@ -191,11 +252,7 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
     cfg, _, _ = load_models(ckpt)
     flops = flops_per_iteration(cfg.size, cfg.zdim, cfg.gf, cfg.df, cfg.channels)
     machine = machine_info()
-    log(f"baseline: the seed's loop, batch {BASELINE_BATCH}, {iters} steps on {device} ...")
-    base = time_seed_loop(ckpt, iters, warmup, device)
-    base.summarize(iters, flops, _peak(device, "fp32", machine["gpu"]), None)
-    base_ips = base.stats["images_per_s"]
-    runs = [base]
+    runs = [seed_loop_run(ckpt, device)]
     for name in backends:
         for prec in precisions:
             if (name, prec) in UNSUPPORTED or (prec == "tf32" and not device.startswith("cuda")):
@@ -215,15 +272,18 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
             for b in batch_sizes:
                 for setting in settings_grid(name, threads, streams):
                     label = " ".join(f"{k[0]}{v}" for k, v in setting.items())  # e.g. "t2 s2"
-                    log(f"{name} {prec} batch {b}{' ' + label if label else ''}: {iters} steps ...")
-                    with open_backend(target, name, device, **options, **setting) as be:
-                        t = time_backend(be, b, iters, warmup, prec, device)
-                    t.name, t.settings = f"{t.name} {label}".strip(), setting
-                    t.summarize(iters, flops, _peak(device, prec, machine["gpu"]), base_ips)
-                    runs.append(t)
+                    timing = Timing(f"{name} {prec} b{b}{' ' + label if label else ''}", name, b, prec, device,
+                                    settings=setting)
+                    runs.append(backend_run(
+                        lambda t=target, n=name, o={**options, **setting}: open_backend(t, n, device, **o), timing))
+    time_runs(runs, iters, warmup, rounds, log)
+    timings = [r.timing for r in runs]
+    timings[0].summarize(iters, flops, _peak(device, "fp32", machine["gpu"]), None)
+    for t in timings[1:]:
+        t.summarize(iters, flops, _peak(device, t.precision, machine["gpu"]), timings[0].stats["images_per_s"])
     return {"machine": machine, "model": {"source": str(model or "random init"), **asdict(cfg)},
-            "iters": iters, "warmup": warmup, "device": device,
-            "runs": [asdict(r) for r in runs], "best": best_runs(runs), "swept": any(r.settings for r in runs)}
+            "iters": iters, "warmup": warmup, "rounds": rounds, "device": device,
+            "runs": [asdict(t) for t in timings], "best": best_runs(timings), "swept": any(t.settings for t in timings)}
 
 
 def best_runs(runs: list[Timing]) -> list[str]:

@@ -124,13 +124,14 @@ class _Folded(nn.Module):
             # leaky ReLU: slope 1 where the pre-activation is > 0, else 0.2 (autograd's convention at 0).
             # A multiply by a 0/1 mask, not torch.where: ONNX Runtime's CPU Where is not vectorized and
             # took 11% of a step (batch 64), Greater/Cast/Mul take 2%; the values are identical.
-            g = g * (pres[i] > 0).to(g.dtype).clamp_min(LRELU_SLOPE)  # 1 or exactly 0.2, in any dtype
+            g = g * (pres[i] > 0).to(g.dtype).clamp_min(LRELU_SLOPE)  # exactly 1, or 0.2 as the dtype rounds it
             g = F.conv_transpose2d(g, P[f"d_w{i}"], **_CONVT)
         return g
 
     def g_backward(self, P: dict, g_x: torch.Tensor, x: torch.Tensor, pres: list[torch.Tensor]) -> torch.Tensor:
         """dL/dz given dL/dx (compute dtype)."""
-        g = g_x * (1 - x * x)  # tanh'
+        # tanh' = 1 - x^2 in float32: near |x| = 1 a 16-bit x leaves few correct digits in 1 - x^2
+        g = (g_x.float() * (1 - x.float() * x.float())).to(g_x.dtype)
         for i in reversed(range(self.g_n)):
             g = F.conv2d(g, P[f"g_w{i}"], **_CONV)
             g = g * (pres[i] > 0).to(g.dtype)  # ReLU mask of the layer below (a multiply: see d_backward)

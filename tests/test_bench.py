@@ -47,3 +47,11 @@ def test_thread_and_stream_sweep_marks_the_best(tiny_ckpt):
     assert [r["name"] for r in runs][0] == "onnxruntime fp32 b2 t1 s1"
     fastest = max(runs, key=lambda r: r["stats"]["images_per_s"])["name"]
     assert rep["swept"] and rep["best"] == [fastest]
+
+
+def test_interleaved_rounds_time_every_call(tiny_ckpt):
+    from gcomp.engine.bench import bench
+
+    rep = bench(tiny_ckpt, ["onnxruntime", "torch"], [2], iters=5, warmup=1, rounds=2, log=lambda m: None)
+    assert rep["rounds"] == 2 and [r["backend"] for r in rep["runs"]] == ["baseline", "onnxruntime", "torch"]
+    assert all(len(r["latencies_ms"]) == 5 for r in rep["runs"])  # 2 + 3 calls over the two rounds

@@ -230,3 +230,17 @@ def test_cli_passes_precision_and_cuda_graph_to_torch(tiny_ckpt, faces, tmp_path
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, base + ["--precision", "tf32", "--overwrite"])
     assert r.exit_code == 2 and "CUDA mode" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_io_binding_buffers_are_refilled_not_stale(exported):
+    """The bound loop keeps its OrtValues between searches (a CUDA graph replays the addresses it captured):
+    a later search with other inputs, and one with another batch size, give what a fresh backend gives."""
+    hp = SearchParams(iters=6, lr=0.01)
+    with OnnxRuntimeBackend(exported, io_binding=True) as dev:
+        size, zdim = dev.info.size, dev.info.zdim
+        dev.search(*search_inputs(4, size, zdim, seed=1), hp)
+        second = dev.search(*search_inputs(4, size, zdim, seed=2), hp)
+        third = dev.search(*search_inputs(3, size, zdim, seed=3), hp)
+    for n, seed, got in ((4, 2, second), (3, 3, third)):
+        with OnnxRuntimeBackend(exported, io_binding=True) as fresh:
+            _assert_same(fresh.search(*search_inputs(n, size, zdim, seed=seed), hp), got, atol=1e-6)

@@ -117,3 +117,24 @@ def test_streams_split_the_batch_without_changing_results(exported):
             for a, b in zip(ob.step(z, v, y, w, 0.01, 0.9, 0.1), ref):
                 # images are independent; only the summation order may differ (kernels block by batch size)
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_static_batch_model_takes_any_number_of_images(tiny_ckpt, exported, tmp_path):
+    """`gcomp export --batch 4`: a job of 6 images (a short last batch) with 2 restarts (8 and 4 search rows)
+    runs in parts of exactly 4 and gives what the dynamic export gives."""
+    from gcomp.export import export_model
+
+    static = tmp_path / "static"
+    export_model(tiny_ckpt, static, batch=4, validate=False)
+    src = tmp_path / "in"
+    make_faces(src, n=6)
+    opts = CompleteOptions(batch_size=3, restarts=2, search=SearchParams(iters=6, lr=3e-4, patience=2))
+    outs = {}
+    for name, model in (("static", static), ("dynamic", exported)):
+        with open_backend(model) as be:
+            assert be.fixed_batch == (4 if name == "static" else None)
+            s = complete(src, tmp_path / name, backend=be, options=opts, progress=False)
+        assert s.done == 6 and not s.failed
+        outs[name] = [cv2.imread(str(tmp_path / name / f.name)) for f in sorted(src.glob("*.png"))]
+    for a, b in zip(outs["static"], outs["dynamic"]):
+        assert psnr(a, b) > 45

@@ -173,6 +173,48 @@ class DeviceLoop:
         return np.where(self.stop.active[:, None], z_last, self.frozen_z).astype(np.float32)
 
 
+def in_fixed_parts(fixed: int, arrays: list[np.ndarray]) -> list[tuple[int, list[np.ndarray]]]:
+    """Rows cut into parts of exactly `fixed` rows for a static-batch model, the last part padded with
+    copies of its first row: [(real rows, arrays)]. Padding rows are computed and dropped."""
+    n = len(arrays[0])
+    parts = []
+    for lo in range(0, n, fixed):
+        real = min(fixed, n - lo)
+        part = [a[lo:lo + real] for a in arrays]
+        if real < fixed:
+            part = [np.concatenate([a, np.repeat(a[:1], fixed - real, 0)]) for a in part]
+        parts.append((real, part))
+    return parts
+
+
+class FixedBatch:
+    """For backends whose graphs may have a static batch (`gcomp export --batch N`): generate() and search()
+    take any number of rows, run as parts of exactly N (the last one padded), so callers need not know.
+    Subclasses implement generate_rows / search_rows for arrays of the model's own batch."""
+
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        if not self.fixed_batch or len(z) == self.fixed_batch:
+            return self.generate_rows(z)
+        return np.concatenate([self.generate_rows(a)[:real] for real, (a,) in in_fixed_parts(self.fixed_batch, [z])])
+
+    def search(self, z0, y, w, hp: SearchParams, callback: ProgressFn | None = None) -> SearchResult:
+        if not self.fixed_batch or len(z0) == self.fixed_batch:
+            return self.search_rows(z0, y, w, hp, callback)
+        # Parts are searched one after the other; progress is reported for the first part's rows only.
+        results, t0 = [], time.perf_counter()
+        for k, (real, (zp, yp, wp)) in enumerate(in_fixed_parts(self.fixed_batch, [z0, y, w])):
+            cb = None if callback is None or k else (lambda i, z, real=real: callback(i, z[:real]))
+            results.append((real, self.search_rows(zp, yp, wp, hp, cb)))
+        longest = max(len(r.history) for _, r in results)
+        hist = np.zeros(longest)
+        for real, r in results:  # an image's mean loss holds its last value after its part stopped early
+            h = np.asarray(r.history or [0.0], float)
+            hist += real * np.concatenate([h, np.full(longest - len(h), h[-1])])
+        return SearchResult(z=np.concatenate([r.z[:real] for real, r in results]),
+                            loss=np.concatenate([r.loss[:real] for real, r in results]),
+                            history=(hist / len(z0)).tolist(), seconds=time.perf_counter() - t0)
+
+
 def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
     """The step graph's inputs by name, contiguous float32 (what every ONNX-based backend feeds)."""
     f32 = np.float32

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, DeviceLoop, SearchResult, split_batch, step_feed
+from .base import Backend, BackendError, DeviceLoop, FixedBatch, SearchResult, split_batch, step_feed
 from .exported import export_info, model_files
 
 
@@ -24,7 +24,7 @@ STEP_OUTPUTS = ["z_out", "v_out", "loss"]
 MIN_PER_STREAM = 4  # below this many images per stream one session on all threads is faster (batch 1: 1.6x)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(FixedBatch, Backend):
     name = "onnxruntime"
 
     def __init__(self, model, device: str = "cpu", threads: int | None = None, streams: int | None = None,
@@ -71,11 +71,17 @@ class OnnxRuntimeBackend(Backend):
         self.info, self.unroll, self.fixed_batch = export_info(
             gen_path, self.gen.get_modelmeta().custom_metadata_map,
             step_path, self.step_sess.get_modelmeta().custom_metadata_map)
-        if self.on_cuda and self.cuda_graph and self.fixed_batch:
-            # A second session of the step graph, with CUDA graph capture on (fixed shapes only).
-            self.step_graph_sess = self._session(step_path, graph=True)
-        else:
-            self.step_graph_sess = None
+        self.step_path, self._bound = step_path, None
+        self.step_graph_sess = self._graph_session() if self.on_cuda and self.cuda_graph and self.fixed_batch else None
+
+    def _graph_session(self):
+        """A second session of the step graph with CUDA graph capture on (fixed shapes only), or None with
+        a note where ORT refuses one (capture needs every node on the CUDA provider)."""
+        try:
+            return self._session(self.step_path, graph=True)
+        except BackendError as e:
+            self.notes.append(f"onnxruntime: no CUDA graph for this model, plain CUDA runs instead ({e})")
+            return None
 
     def _session(self, path: Path, graph: bool, threads: int | None = None):
         ort = self.ort
@@ -99,14 +105,14 @@ class OnnxRuntimeBackend(Backend):
     def deactivate_impl(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
-        self.gen = self.step_sess = self.step_graph_sess = self.stream_sessions = self.pool = None
+        self.gen = self.step_sess = self.step_graph_sess = self.stream_sessions = self.pool = self._bound = None
 
     def settings(self) -> dict:
         return super().settings() | {"threads": self.threads, "streams": self.n_streams,
                                      "io_binding": self.on_cuda if self.io_binding is None else self.io_binding}
 
     # -- inference ---------------------------------------------------------------------------
-    def generate(self, z: np.ndarray) -> np.ndarray:
+    def generate_rows(self, z: np.ndarray) -> np.ndarray:
         return self.gen.run(["image"], {"z": np.ascontiguousarray(z, np.float32)})[0]
 
     def step(self, z, v, y, w, lr, momentum, lam):
@@ -121,41 +127,18 @@ class OnnxRuntimeBackend(Backend):
     def loss(self, z, y, w, lam: float) -> np.ndarray:
         return self.step(z, np.zeros_like(z), y, w, 0.0, 0.0, lam)[2]
 
-    def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
+    def search_rows(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         bound = self.on_cuda if self.io_binding is None else self.io_binding
         if not bound:
-            return super().search(z0, y, w, hp, callback)  # the host loop
+            return Backend.search(self, z0, y, w, hp, callback)  # the host loop
         return self._search_bound(z0, y, w, self.resolve(hp), callback)
 
     def _search_bound(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         """Device-resident loop: z/v ping-pong between two OrtValue pairs (call k reads pair k % 2 and
         writes the other), so per call only the [B] losses come to the host (DeviceLoop: early stopping
         and history as the host loop has them)."""
-        ort = self.ort
         t0 = time.perf_counter()
-        dev, did = ("cuda", self.device_id) if self.on_cuda else ("cpu", 0)
-        sess = self.step_graph_sess or self.step_sess
-
-        def ov(a):  # a fresh array each: on 'cpu' an OrtValue wraps the array's memory, so none may share one
-            return ort.OrtValue.ortvalue_from_numpy(np.array(a, np.float32), dev, did)
-
-        zero = np.zeros_like(z0, dtype=np.float32)
-        bufs = [(ov(z0), ov(zero)), (ov(zero), ov(zero))]
-        consts = {"y": ov(y), "w": ov(w), "lr": ov(hp.step_lr), "momentum": ov(hp.momentum), "lam": ov(hp.lam)}
-        losses = [ov(np.zeros(len(z0))) for _ in range(2)]
-        bindings = []
-        for src in (0, 1):
-            b = sess.io_binding()
-            (zi, vi), (zo, vo) = bufs[src], bufs[1 - src]
-            for name, val in (("z", zi), ("v", vi), *consts.items()):
-                b.bind_ortvalue_input(name, val)
-            b.bind_ortvalue_output("z_out", zo)
-            b.bind_ortvalue_output("v_out", vo)
-            b.bind_ortvalue_output("loss", losses[src])
-            ro = ort.RunOptions()
-            if self.step_graph_sess is not None:
-                ro.add_run_config_entry("gpu_graph_id", str(src + 1))  # one captured graph per direction
-            bindings.append((b, ro))
+        sess, bufs, losses, bindings = self._bound_buffers(z0, y, w, hp)
         loop = DeviceLoop(len(z0), hp.patience, self.unroll)
         cur = 0  # the pair holding the latest z
         for call in range(hp.iters // self.unroll):
@@ -170,3 +153,48 @@ class OnnxRuntimeBackend(Backend):
         z = loop.latents(bufs[cur][0].numpy())
         final = self.loss(z, y, w, hp.lam)
         return SearchResult(z=z, loss=final, history=loop.history, seconds=time.perf_counter() - t0)
+
+    def _bound_buffers(self, z0, y, w, hp: SearchParams):
+        """The OrtValues and bindings of the ping-pong loop, made once per shape and then refilled in
+        place: a captured CUDA graph replays the device addresses it was captured with (ORT keys graphs
+        by gpu_graph_id only), so later searches must write into the same buffers (update_inplace)."""
+        f32 = np.float32
+        inputs = {"z": z0, "v": np.zeros_like(z0), "y": y, "w": w, "lr": hp.step_lr, "momentum": hp.momentum,
+                  "lam": hp.lam}
+        inputs = {k: np.ascontiguousarray(v, f32) for k, v in inputs.items()}
+        key = tuple(a.shape for a in inputs.values())
+        if self._bound is not None and self._bound[0] == key:
+            _, sess, bufs, consts, losses, bindings = self._bound
+            bufs[0][0].update_inplace(inputs["z"])
+            bufs[0][1].update_inplace(inputs["v"])
+            for name, val in consts.items():
+                val.update_inplace(inputs[name])
+            return sess, bufs, losses, bindings
+        ort = self.ort
+        dev, did = ("cuda", self.device_id) if self.on_cuda else ("cpu", 0)
+        if self._bound is not None and self.step_graph_sess is not None:
+            self.step_graph_sess = self._graph_session()  # new shapes: new graphs, in a new session
+        sess = self.step_graph_sess or self.step_sess
+
+        def ov(a):  # a fresh array each: on 'cpu' an OrtValue wraps the array's memory, so none may share one
+            return ort.OrtValue.ortvalue_from_numpy(np.array(a, f32), dev, did)
+
+        zero = inputs["v"]
+        bufs = [(ov(inputs["z"]), ov(zero)), (ov(zero), ov(zero))]
+        consts = {name: ov(inputs[name]) for name in ("y", "w", "lr", "momentum", "lam")}
+        losses = [ov(np.zeros(len(z0))) for _ in range(2)]
+        bindings = []
+        for src in (0, 1):
+            b = sess.io_binding()
+            (zi, vi), (zo, vo) = bufs[src], bufs[1 - src]
+            for name, val in (("z", zi), ("v", vi), *consts.items()):
+                b.bind_ortvalue_input(name, val)
+            b.bind_ortvalue_output("z_out", zo)
+            b.bind_ortvalue_output("v_out", vo)
+            b.bind_ortvalue_output("loss", losses[src])
+            ro = ort.RunOptions()
+            if self.step_graph_sess is not None:
+                ro.add_run_config_entry("gpu_graph_id", str(src + 1))  # one captured graph per direction
+            bindings.append((b, ro))
+        self._bound = (key, sess, bufs, consts, losses, bindings)
+        return sess, bufs, losses, bindings

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, BackendError, split_batch, step_feed
+from .base import Backend, BackendError, FixedBatch, split_batch, step_feed
 from .exported import export_info, model_files, onnx_metadata
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -60,7 +60,7 @@ def cache_dir_for(model_folder: Path) -> Path:
     return base / "gcomp" / "openvino"
 
 
-class OpenVINOBackend(Backend):
+class OpenVINOBackend(FixedBatch, Backend):
     name = "openvino"
 
     def __init__(self, model, device: str = "cpu", precision: str = "auto", threads: int | None = None,
@@ -120,7 +120,10 @@ class OpenVINOBackend(Backend):
         return super().settings() | {"precision": self.precision, "threads": self.threads,
                                      "streams": len(self.step_reqs or ()) or self.streams}
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
+    def search_rows(self, z0, y, w, hp, callback=None):
+        return Backend.search(self, z0, y, w, hp, callback)  # the host loop
+
+    def generate_rows(self, z: np.ndarray) -> np.ndarray:
         res = self.gen.infer({"z": np.ascontiguousarray(z, np.float32)})
         return np.array(res["image"])
 

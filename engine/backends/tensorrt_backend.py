@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, DeviceLoop, ModelInfo, SearchResult
+from .base import Backend, BackendError, DeviceLoop, FixedBatch, ModelInfo, SearchResult
 from .exported import model_files
 
 STEP_IN = ("z", "v", "y", "w", "lr", "momentum", "lam")
@@ -73,7 +73,7 @@ class DeviceArray:
             self.ptr = None
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(FixedBatch, Backend):
     name = "tensorrt"
 
     def __init__(self, model, device: str = "cuda", cuda_graph: bool = True):
@@ -124,6 +124,9 @@ class TensorRTBackend(Backend):
             b.free()
         self.buffers = []
         self.engines = {}
+        if getattr(self, "stream", None) is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
 
     def _release(self, mark: int) -> None:
         """Free the buffers allocated since `mark` (each call's scratch)."""
@@ -139,14 +142,16 @@ class TensorRTBackend(Backend):
     def _run(self, kind: str, inputs: dict[str, DeviceArray], outputs: dict[str, DeviceArray]) -> None:
         _, ctx, _ = self.engines[kind]
         for name, buf in inputs.items():
-            ctx.set_input_shape(name, buf.shape)
+            if not ctx.set_input_shape(name, tuple(buf.shape)):  # outside the engine's optimization profile
+                raise BackendError(f"the {kind} engine does not take {name} of shape {tuple(buf.shape)}; "
+                                   "re-export with `gcomp export --trt` for this batch size")
             ctx.set_tensor_address(name, buf.ptr)
         for name, buf in outputs.items():
             ctx.set_tensor_address(name, buf.ptr)
         if not ctx.execute_async_v3(self.stream):
             raise BackendError(f"TensorRT failed to run the {kind} engine")
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
+    def generate_rows(self, z: np.ndarray) -> np.ndarray:
         s, c = self.info.size, self.info.channels
         mark = len(self.buffers)
         try:
@@ -174,7 +179,7 @@ class TensorRTBackend(Backend):
         finally:
             self._release(mark)
 
-    def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
+    def search_rows(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         hp = self.resolve(hp)
         mark = len(self.buffers)
         try:
@@ -190,8 +195,16 @@ class TensorRTBackend(Backend):
         shared = {k: a[k] for k in ("y", "w", "lr", "momentum", "lam")}
         direction = [({**shared, "z": a["z"], "v": a["v"]}, {"z_out": b["z"], "v_out": b["v"], "loss": loss}),
                      ({**shared, "z": b["z"], "v": b["v"]}, {"z_out": a["z"], "v_out": a["v"], "loss": loss})]
-        calls = hp.iters // self.unroll
-        graphs = [None, None]
+        graphs = [None, None]  # the captured directions, destroyed however the loop ends
+        try:
+            return self._loop(z0, y, w, hp, callback, a, b, loss, direction, graphs, t0)
+        finally:
+            for g in graphs:
+                if g is not None:
+                    cudart.cudaGraphExecDestroy(g)
+
+    def _loop(self, z0, y, w, hp, callback, a, b, loss, direction, graphs, t0) -> SearchResult:
+        cudart, calls = self.cudart, hp.iters // self.unroll
         if self.cuda_graph:
             # Capture each direction once; a replay is one launch instead of one per layer.
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
@@ -221,8 +234,5 @@ class TensorRTBackend(Backend):
             if done:
                 break
         final_z = loop.latents(cur["z"].download(self.stream))
-        for g in graphs:
-            if g is not None:
-                cudart.cudaGraphExecDestroy(g)
         final = self.loss(final_z, y, w, hp.lam)
         return SearchResult(z=final_z, loss=final, history=loop.history, seconds=time.perf_counter() - t0)
