@@ -207,28 +207,18 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
     keys = [p.item.key for p in batch]
     y = np.stack([p.y for p in batch])
     w = np.stack([p.w for p in batch])
-    rows = n
-    if backend.fixed_batch and n < backend.fixed_batch:
-        # A static engine wants full batches: pad with copies of the first image, never written.
-        rows = backend.fixed_batch
-        pad = rows - n
-        y = np.concatenate([y, np.repeat(y[:1], pad, 0)])
-        w = np.concatenate([w, np.repeat(w[:1], pad, 0)])
-        keys = keys + [keys[0]] * pad
+    # A static-batch model runs any number of rows in padded parts (backends.base.FixedBatch).
     z0 = initial_latents(keys, R, info.zdim, opts.seed)
     if encoder is not None:
-        ks = np.stack([p.known_small for p in batch])
-        if rows > n:
-            ks = np.concatenate([ks, np.repeat(ks[:1], rows - n, 0)])
-        z0.reshape(rows, R, -1)[:, 0] = encoder(y, ks)
+        z0.reshape(n, R, -1)[:, 0] = encoder(y, np.stack([p.known_small for p in batch]))
     yR, wR = np.repeat(y, R, 0), np.repeat(w, R, 0)
     cb = None
     if on_progress is not None:
-        cb = lambda i, z: on_progress(i, z.reshape(rows, R, -1)[:, 0])  # noqa: E731
+        cb = lambda i, z: on_progress(i, z[::R])  # noqa: E731 (each image's first start)
     res = backend.search(z0, yR, wR, opts.search, cb)
-    loss = res.loss.reshape(rows, R)[:n]
+    loss = res.loss.reshape(n, R)
     best = loss.argmin(1)
-    z_best = res.z.reshape(rows, R, -1)[np.arange(n), best]
+    z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
     x = backend.generate(z_best)
     outs = []
     for p, xi in zip(batch, x):
