@@ -124,9 +124,6 @@ class OnnxRuntimeBackend(FixedBatch, Backend):
         outs = list(self.pool.map(lambda sf: sf[0].run(STEP_OUTPUTS, sf[1]), zip(self.stream_sessions, feeds)))
         return tuple(np.concatenate(part) for part in zip(*outs))  # ONNX Runtime releases the GIL in run()
 
-    def loss(self, z, y, w, lam: float) -> np.ndarray:
-        return self.step(z, np.zeros_like(z), y, w, 0.0, 0.0, lam)[2]
-
     def search_rows(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         bound = self.on_cuda if self.io_binding is None else self.io_binding
         if not bound:

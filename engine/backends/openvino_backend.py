@@ -92,7 +92,7 @@ class OpenVINOBackend(FixedBatch, Backend):
         digest = hashlib.sha256(gen_path.read_bytes() + step_path.read_bytes()).hexdigest()[:16]
         self.cache_dir = cache_dir_for(step_path.parent) / digest
         core.set_property({"CACHE_DIR": str(self.cache_dir)})
-        n = self.streams or 1
+        n = self.n_streams = self.streams or 1
         # One stream: all threads on one request (LATENCY). Several: the batch is split across that
         # many requests run at once, each stream on its share of the threads (THROUGHPUT).
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
@@ -118,7 +118,7 @@ class OpenVINOBackend(FixedBatch, Backend):
 
     def settings(self) -> dict:
         return super().settings() | {"precision": self.precision, "threads": self.threads,
-                                     "streams": len(self.step_reqs or ()) or self.streams}
+                                     "streams": self.n_streams}
 
     def search_rows(self, z0, y, w, hp, callback=None):
         return Backend.search(self, z0, y, w, hp, callback)  # the host loop
@@ -128,7 +128,7 @@ class OpenVINOBackend(FixedBatch, Backend):
         return np.array(res["image"])
 
     def step(self, z, v, y, w, lr, momentum, lam):
-        feeds = split_batch(step_feed(z, v, y, w, lr, momentum, lam), len(self.step_reqs))
+        feeds = split_batch(step_feed(z, v, y, w, lr, momentum, lam), self.n_streams)
         reqs = self.step_reqs[:len(feeds)]
         for req, feed in zip(reqs, feeds):
             req.start_async(feed)
