@@ -1,0 +1,158 @@
+"""benchmarks/gpu_check.sh --dry: the GPU proof script runs end to end on CPU with tiny sizes, so it cannot rot
+between the rare sessions that have a GPU. Checks the report's sections and that its numbers are sane and
+consistent; never how fast this machine is."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("cv2")
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def _load_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def dry_report(tmp_path_factory):
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    out = tmp_path_factory.mktemp("gpu-check")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(out)}
+    # batch 2 only and 8 images end to end: every phase and every row kind, in under a minute on 2 cores
+    r = subprocess.run(["bash", str(SCRIPT), "--dry", "--out", str(out), "--batches", "2", "--e2e-images", "8",
+                        "--e2e-batches", "4"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads((out / "gpu_check.json").read_text()), out
+
+
+@pytest.mark.slow
+def test_dry_run_writes_every_section(dry_report):
+    rep, out = dry_report
+    assert rep["schema"] == "gcomp-gpu-check/1" and rep["dry"] is True and rep["device"] == "cpu"
+    assert "CPU numbers" in rep["numbers_are"]  # never passed off as GPU figures
+    for phase in ("machine", "bench", "profile", "e2e", "pytest"):
+        assert rep["phases"][phase]["status"] == "ok", (phase, rep["phases"][phase])
+    for name in ("gpu_check.json", "gpu_check.md", "gpu_check.log", "pytest_gpu.log", "profile.txt", "e2e.log"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
+
+    m = rep["machine"]
+    assert m["cores"] >= 1 and m["torch"] and m["cpu"] and m["gpu"] is None
+    roof = rep["roofline"]
+    assert roof["tflops"]["bf16"] > 0 and roof["tflops"]["fp32"] > 0
+    assert roof["bf16_roofline_images_per_s_1000"] == pytest.approx(
+        roof["tflops"]["bf16"] * 1e12 / (roof["flops_per_image_iteration"] * 1000))
+
+    seed = rep["seed_loop"]
+    assert seed["status"] == "ok" and seed["batch"] == 4 and seed["ratio_vs_seed_loop"] == 1.0 and seed["finite"]
+    assert seed["step_ms"] > 0
+    assert seed["images_per_s_1000"] == pytest.approx(seed["batch"] / (seed["step_ms"] / 1e3 * 1000))
+    assert seed["images_per_s_default"] == pytest.approx(10 * seed["images_per_s_1000"])
+
+    rows = rep["rows"]
+    torch_rows = [r for r in rows if r["backend"] == "torch"]
+    # every precision x CUDA-graph setting x batch has a row; tf32 is a CUDA mode, skipped with the reason
+    assert {(r["precision"], r["cuda_graph"]) for r in torch_rows} == {(p, g) for p in ("bf16", "tf32", "fp32")
+                                                                        for g in (True, False)}
+    for r in torch_rows:
+        if r["precision"] == "tf32":
+            assert r["status"] == "skipped" and "CUDA" in r["reason"]
+            continue
+        assert r["status"] == "ok", r
+        assert r["finite"] and r["settings"]["precision"] == r["precision"] and r["settings"]["fast"] is True
+        assert r["step_ms"] > 0 and r["search_overhead_ms"] >= 0
+        ips = r["images_per_s_1000"]
+        assert ips == pytest.approx(r["batch"] / (r["step_ms"] / 1e3 * 1000))
+        assert r["images_per_s_default"] == pytest.approx(10 * ips)
+        assert r["images_per_s_1000_with_overhead"] <= ips * (1 + 1e-9)
+        assert r["ratio_vs_seed_loop"] == pytest.approx(ips / seed["images_per_s_1000"])
+        assert 0 < r["share_of_bf16_roofline"] and math.isfinite(r["share_of_bf16_roofline"])
+    ref = [r for r in rows if r["backend"] == "torch-reference"]
+    assert len(ref) == 1 and ref[0]["status"] == "ok" and ref[0]["settings"]["fast"] is False
+    assert [r["status"] for r in rows if r["backend"] == "tensorrt"] == ["unavailable"]
+    ort = [r for r in rows if r["backend"] == "onnxruntime"]
+    assert ort and ort[0]["status"] == "unavailable" and ort[0]["reason"]
+    assert rep["onnxruntime_cuda"]["available"] is False and rep["onnxruntime_cuda"]["reason"]
+
+    p = rep["profile"]
+    assert p["precision"] == "bf16" and p["kernel_ms_per_step"] > 0 and p["top"] and p["reading"]
+    assert sum(g["share"] for g in p["groups"].values()) == pytest.approx(1.0)
+
+    e = rep["e2e"]
+    assert e["images"] == 8 and len(e["runs"]) == 1
+    run = e["runs"][0]
+    assert run["status"] == "ok" and run["exit_code"] == 0 and run["done"] == 8 and run["failed"] == 0
+    assert run["written"] == 8 and run["images_per_s"] > 0 and run["backend_settings"]
+    assert "--precision bf16" in run["command"] and "--backend torch" in run["command"]
+
+    pt = rep["pytest"]
+    assert pt["command"].startswith("pytest -m gpu") and not pt["timed_out"]
+    assert pt["passed"] + pt["failed"] + pt["errors"] + pt["skipped"] == len(pt["tests"])
+    if pt["exit_code"] == 0:  # on CPU every GPU test skips, each with its reason
+        assert pt["passed"] == 0 and pt["skipped"] > 0 and all(s["reason"] for s in pt["skips"])
+        assert pt["ok"]
+
+    v = rep["verdict"]
+    assert v["dry_run"] and v["done_when_met"] is None and v["best_bf16_cuda_graph"]["batch"] == 2
+    md = (out / "gpu_check.md").read_text()
+    for heading in ("## Machine", "## Phases", "## pytest -m gpu", "## Search step throughput",
+                    "## ONNX Runtime CUDA", "## Profile", "## End to end", "## Verdict"):
+        assert heading in md, heading
+    assert "Dry run: CPU numbers" in md and "onnxruntime-gpu not available" in md
+
+
+def test_flops_and_skip_classification():
+    gc = _load_module()
+    # G fwd + D fwd + both input-gradients of the seed's 64x64 gf=df=64 DCGAN: ~1.30 GFLOP (DESIGN.md 5)
+    assert gc.flops_per_iteration(64, 100, 64, 64) == pytest.approx(1.3009e9, rel=1e-4)
+    assert gc.ALLOWED_SKIP.search("needs onnxruntime-gpu (this ONNX Runtime has no CUDA provider)")
+    assert gc.ALLOWED_SKIP.search("TensorRT execution needs a GPU runtime: no TensorRT: ...")
+    assert not gc.ALLOWED_SKIP.search("needs a CUDA GPU (torch.cuda.is_available() is False here)")
+
+
+def test_verdict_applies_the_issue_bar():
+    gc = _load_module()
+
+    def rep(ips, ratio, ok=True):
+        return {"dry": False, "pytest": {"ok": ok},
+                "rows": [{"status": "ok", "backend": "torch", "precision": "bf16", "cuda_graph": True, "batch": 2048,
+                          "images_per_s_1000": ips, "ratio_vs_seed_loop": ratio, "share_of_bf16_roofline": 0.5}]}
+
+    assert gc.verdict(rep(310, 55))["done_when_met"] is True
+    assert gc.verdict(rep(290, 55))["done_when_met"] is False
+    assert gc.verdict(rep(310, 45))["done_when_met"] is False
+    assert gc.verdict(rep(310, 55, ok=False))["done_when_met"] is False
+    assert gc.verdict({"dry": False, "rows": []})["done_when_met"] is False
+
+
+def test_ort_wheel_parts_are_joined(tmp_path):
+    """--ort-wheel-dir: split parts are concatenated in name order into the wheel pip gets; without wheels the
+    reason is recorded (pip itself is not run here: nothing to install)."""
+    gc = _load_module()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    info = gc.install_ort_wheels(str(empty), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
+    assert not info["installed"] and "no wheel" in info["reason"]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for suffix, data in (("ab", b"world"), ("aa", b"hello ")):
+        (parts / f"x-1.0-py3-none-any.whl.part-{suffix}").write_bytes(data)
+    calls = []
+    gc.run_logged = lambda cmd, timeout, env, cwd=None: calls.append(cmd) or {"exit_code": 1, "output": "no"}
+    info = gc.install_ort_wheels(str(parts), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
+    assert (tmp_path / "wheels" / "x-1.0-py3-none-any.whl").read_bytes() == b"hello world"
+    assert info["wheels"] == ["x-1.0-py3-none-any.whl"] and "--no-index" in calls[0] and not info["installed"]
