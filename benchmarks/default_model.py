@@ -18,19 +18,17 @@ import shutil
 import time
 from pathlib import Path
 
-from gcomp.engine.backends import open_backend
-from gcomp.engine.complete import CompleteOptions
+from gcomp import CompleteOptions, SearchParams, open_model
 from gcomp.engine.evaluate import evaluate
-from gcomp.engine.search import SearchParams
 
 ROOT = Path(__file__).resolve().parent.parent
 DEST = ROOT / "models" / "default"
 
 
 def score(model, val, limit, iters, lr, masks=("center",), optimizer="momentum") -> dict:
-    opts = CompleteOptions(batch_size=64, search=SearchParams(iters=iters, lr=lr, optimizer=optimizer))
-    with open_backend(model) as be:
-        res, _ = evaluate(be, val, masks, opts, limit, curve_every=0, log=lambda m: None)
+    opts = CompleteOptions(batch_size=64, init="random", search=SearchParams(iters=iters, lr=lr, optimizer=optimizer))
+    with open_model(model) as m:
+        res, _ = evaluate(m, val, masks, opts, limit, curve_every=0, log=lambda msg: None)
     return {r.mask: r.scores for r in res}
 
 
@@ -64,7 +62,8 @@ def package(a) -> None:
 
     tmp = ROOT / "runs" / "package"
     shutil.rmtree(tmp, ignore_errors=True)
-    defaults = {"iters": a.iters, "lr": a.lr, "momentum": 0.9, "lam": 0.1, "optimizer": "momentum",
+    seed = SearchParams.seed()
+    defaults = {"iters": a.iters, "lr": a.lr, "momentum": seed.momentum, "lam": seed.lam, "optimizer": "momentum",
                 "patience": a.patience}
     chosen, report = None, {}
     for prec in ("bf16", "fp16", "fp32"):
@@ -84,7 +83,7 @@ def package(a) -> None:
     for f in ("generator.onnx", "step.onnx"):
         shutil.copy(chosen / f, DEST / f)
     if a.encoder:
-        from gcomp.train.encoder import export_encoder
+        from gcomp.export.encoder import export_encoder
 
         export_encoder(a.encoder, DEST, precision=chosen.name if chosen.name != "fp32" else "fp32")
     stats = json.loads(Path(a.card_json).read_text()) if a.card_json else {}

@@ -3,7 +3,7 @@
     python benchmarks/sweep.py --device cpu --iters 20 --out benchmarks/results
     python benchmarks/sweep.py --device cuda --backend torch,onnxruntime --batch-size 64,256,1024
 
-Each run of `gcomp.engine.bench.bench` measures the seed-faithful baseline in the same process, so every
+Each run of `gcomp.benchmarks.bench.bench` measures the seed-faithful baseline in the same process, so every
 ratio in the summary is against a baseline timed minutes apart on the same machine.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from datetime import date
 from pathlib import Path
 
-from gcomp.engine.bench import bench, write_json
+from gcomp.benchmarks.bench import bench, write_json
 
 
 def machine_tag(m: dict) -> str:

@@ -36,9 +36,9 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
+    from ..benchmarks.bench import bench as run, write_json
     from ..engine.backends import BackendError
-    from ..engine.bench import bench as run, write_json
-    from ..train.checkpoint import CheckpointError
+    from ..train.checkpoint_file import CheckpointError
 
     try:
         report = run(model, _list(backend), [int(b) for b in _list(batch_size)], iters, _list(precision),

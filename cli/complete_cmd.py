@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from .errors import fail
-
 
 def _shard(value: str) -> tuple[int, int]:
     try:
@@ -24,7 +22,7 @@ def complete(
                                          "(default: the bundled 64x64 face model, ONNX Runtime on CPU)."),
     mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "
                              "grid[:step], lowres[:step], pattern[:fraction], full; or a mask file / folder (white = fill)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Search iterations per image (default: the model's recommended, else the seed's 1000)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Search iterations per image (default: the model's recommended, else the seed's)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
     restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
     init: str = typer.Option("auto", "--init", help="Starting latent: auto (the model's encoder.onnx if it has one, else random), encoder, random."),
@@ -34,9 +32,9 @@ def complete(
     backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, openvino, tensorrt."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: the model's recommended, else 0.01 for momentum, 0.03 for adam)."),
-    momentum: float = typer.Option(0.9, "--momentum"),
-    lam: float = typer.Option(0.1, "--lam", help="Weight of the perceptual (discriminator) loss."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: the model's recommended, else the seed's; adam: its own)."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="Default: the model's recommended, else the seed's."),
+    lam: Optional[float] = typer.Option(None, "--lam", help="Weight of the perceptual (discriminator) loss (default: the model's, else the seed's)."),
     weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (default: skip them)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: complete only the K-th of N parts of the input."),
@@ -57,38 +55,29 @@ def complete(
                                                     "(default 1 with --device cuda, else 0; 0.5 puts two on a GPU)."),
 ):
     """Complete the masked region of each image with the GAN whose latent best explains the rest."""
-    from ..engine.backends import BackendError
-    from ..engine.complete import CompleteOptions, complete as run
-    from ..engine.images import ImageError, OutputError
-    from ..engine.masks import MaskError
-    from ..engine.ray_driver import RayError, complete_ray
+    from ..engine.api import open_model
+    from ..engine.jobs import check_job
+    from ..engine.options import CompleteOptions
+    from ..engine.ray_driver import complete_ray
     from ..engine.search import SearchParams
+    from .errors import runtime_errors, user_errors
 
-    user_errors = (BackendError, ImageError, OutputError, MaskError, ValueError, RayError)
-    try:
-        from ..train.checkpoint import CheckpointError
-
-        user_errors += (CheckpointError,)
-    except ImportError:  # no torch: the runtime path does not need checkpoints
-        pass
-    try:
+    with user_errors(*runtime_errors()):
         opts = CompleteOptions(
             mask=mask, batch_size=batch_size, restarts=restarts, blend=blend, seed=seed, overwrite=overwrite,
             save_progress=save_progress, face=face, init=init, shard=_shard(shard) if shard else (0, 1),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted,
                                 patience=early_stop),
         )
-        backend_options = {k: v for k, v in (("threads", threads), ("precision", precision), ("streams", streams),
-                                             ("cuda_graph", cuda_graph)) if v is not None}
+        backend_options = {"threads": threads, "precision": precision, "streams": streams, "cuda_graph": cuda_graph}
         if ray is None:
-            summary = run(input, output, model, backend=backend, device=device, options=opts, progress=progress,
-                          backend_options=backend_options)
+            check_job(input, output, opts)  # a bad input, mask or output fails before the model loads
+            with open_model(model, backend=backend, device=device, **backend_options) as m:
+                summary = m.complete_files(input, output, opts, progress=progress)
         else:
             summary = complete_ray(input, output, model, address=ray, workers=workers, gpus_per_worker=gpus_per_worker,
                                    backend=backend, device=device, options=opts, progress=progress,
-                                   backend_options=backend_options)
-    except user_errors as e:
-        raise fail(str(e)) from None
+                                   backend_options={k: v for k, v in backend_options.items() if v is not None})
     typer.echo(f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)} "
                f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s); summary: {summary.summary_path}")
     if summary.failed:

@@ -21,9 +21,10 @@ def train_encoder(
 ):
     """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
     try:
+        from ..export.encoder import export_encoder
         from ..train.checkpoint import CheckpointError
         from ..train.data import DataError
-        from ..train.encoder import EncoderConfig, export_encoder, train_encoder as run
+        from ..train.encoder import EncoderConfig, train_encoder as run
     except ImportError:
         raise fail("training needs PyTorch: pip install 'gcomp[train]'") from None
     try:

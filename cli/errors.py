@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import typer
 
@@ -21,5 +20,11 @@ def user_errors(*kinds: type[BaseException]):
         raise fail(str(e)) from None
 
 
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
+def runtime_errors() -> tuple[type[BaseException], ...]:
+    """What the runtime raises for problems users can fix (no torch: checkpoint problems arrive as BackendError)."""
+    from ..engine.backends import BackendError
+    from ..engine.images import ImageError, OutputError
+    from ..engine.masks import MaskError
+    from ..engine.ray_driver import RayError
+
+    return (BackendError, ImageError, OutputError, MaskError, ValueError, RayError)

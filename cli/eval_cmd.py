@@ -14,11 +14,11 @@ def evaluate(
     data: Path = typer.Argument(..., help="A folder or a tar of images (e.g. ../shared/data/celeba64/val.tar)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint or an export folder (default: the bundled model)."),
     mask: str = typer.Option("center,random,half,pattern", "--mask", help="Comma-separated mask kinds (half = left)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Default: the model's recommended, else the seed's 1000."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Default: the model's recommended, else the seed's."),
     limit: int = typer.Option(100, "--limit", help="Images per mask kind (the first N)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    lam: float = typer.Option(0.1, "--lam"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default: the model's recommended, else the seed's."),
+    lam: Optional[float] = typer.Option(None, "--lam", help="Default: the model's recommended, else the seed's."),
     optimizer: str = typer.Option("momentum", "--optimizer"),
     restarts: int = typer.Option(1, "--restarts"),
     init: str = typer.Option("auto", "--init", help="auto (the model's encoder if it has one), encoder, random."),
@@ -39,29 +39,24 @@ def evaluate(
     from rich.table import Table
 
     from ..engine import images
-    from ..engine.backends import BackendError, open_backend
-    from ..engine.complete import CompleteOptions
+    from ..engine.api import open_model
     from ..engine.evaluate import PAPER_PSNR, curve_plot, evaluate as run, picture_grid
-    from ..engine.masks import MaskError
+    from ..engine.options import CompleteOptions
     from ..engine.search import SearchParams
+    from .errors import runtime_errors
 
     kinds = [k.strip() for k in mask.split(",") if k.strip()]
     try:
-        opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed,
+        opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed, init=init,
                                search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer, patience=early_stop))
-        from ..engine.complete import default_model
-
-        from ..engine.encoder import load_encoder
-
-        model = model or default_model()
-        given = {"precision": precision, "threads": threads, "streams": streams}
-        with open_backend(model, backend, device, **{k: v for k, v in given.items() if v is not None}) as be:
-            for note in be.notes:
+        with open_model(model, backend=backend, device=device, precision=precision, threads=threads,
+                        streams=streams) as m:
+            for note in m.notes:
                 typer.echo(f"note: {note}", err=True)
-            results, pictures = run(be, data, kinds, opts, limit, curve_every or None,
-                                    log=lambda m: typer.echo(m, err=True), encoder=load_encoder(model, be.info, init))
-            backend_settings = be.settings()
-    except (BackendError, MaskError, ValueError, OSError) as e:
+            results, pictures = run(m, data, kinds, opts, limit, curve_every or None,
+                                    log=lambda msg: typer.echo(msg, err=True))
+            backend_settings, model, opts = m.backend.settings(), m.source, m.options(opts)
+    except (*runtime_errors(), OSError) as e:
         raise fail(str(e)) from None
     t = Table(title=f"gcomp eval on {data} ({results[0].n} images, {results[0].search['iters']} iterations)")
     for c in ("mask", "method", "PSNR dB", "PSNR hole dB", "SSIM", "L1 hole"):

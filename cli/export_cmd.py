@@ -33,7 +33,7 @@ def export(
     from ..export.onnx_export import check_options, export_model
     from ..export.trt import EngineMismatchError, TensorRTUnavailable
     from ..export.validate import ValidationError
-    from ..train.checkpoint import CheckpointError, resolve
+    from ..train.checkpoint_file import CheckpointError, resolve
 
     try:
         check_options(precision, batch, unroll, opset)

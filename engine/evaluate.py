@@ -11,15 +11,18 @@ import tarfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import cv2
 import numpy as np
 
 from . import images
-from .backends import Backend
-from .complete import CompleteOptions, Item, Prepared, complete_batch, iter_inputs
-from .masks import MaskSpec, context_weights, to_model_size
+from .jobs import iter_inputs
+from .masks import MaskSpec
+from .options import CompleteOptions
+
+if TYPE_CHECKING:
+    from .api import Model
 
 ALIASES = {"half": "left"}  # the paper's "half" mask is the left half
 PAPER_PSNR = {"center": (21.3, 19.4), "pattern": (19.2, 17.4), "random": (20.6, 22.8), "half": (15.5, 13.7)}
@@ -104,46 +107,39 @@ class KindResult:
     search: dict = field(default_factory=dict)  # the settings used, after the model's defaults
 
 
-def evaluate(backend: Backend, data, masks=("center", "random", "half", "pattern"), opts: CompleteOptions | None = None,
-             limit: int | None = 100, curve_every: int | None = None, log=print,
-             encoder=None) -> tuple[list[KindResult], dict]:
-    """Complete `limit` images of `data` per mask kind; returns per-kind means and the picture rows.
+def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern"), opts: CompleteOptions | None = None,
+             limit: int | None = 100, curve_every: int | None = None, log=print) -> tuple[list[KindResult], dict]:
+    """Complete `limit` images of `data` per mask kind with an open model (the public API, as `gcomp
+    complete` does); returns per-kind means and the picture rows.
 
     curve_every: record the whole-image PSNR every N iterations (None: iters / 20; 0: never)."""
-    opts = opts or CompleteOptions()
-    opts = replace(opts, search=opts.search.resolved(backend.info.meta.get("defaults")))
+    opts = model.options(replace(opts or CompleteOptions(), face="off"))  # eval images are at the model's size
     if curve_every is None:
         curve_every = max(opts.search.iters // 20, 1)
-    size = backend.info.size
+    size = model.size
     faces = [(k, cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[:2] != (size, size) else im)
              for k, im in read_images(data, limit)]
     if not faces:
         raise ValueError(f"no readable images in {data}")
     results, pictures = [], {}
     for kind in masks:
-        spec = MaskSpec.parse(ALIASES.get(kind, kind))
+        spec = ALIASES.get(kind, kind)
+        MaskSpec.parse(spec)  # an unknown kind fails before any work
         res = KindResult(kind, n=len(faces), search=opts.search.as_dict())
         per = {m: [] for m in ("gcomp", "telea", "ns")}
         curve: dict[int, list[float]] = {}
         t0 = time.perf_counter()
         for start in range(0, len(faces), opts.batch_size):
-            chunk = faces[start:start + opts.batch_size]
-            batch = []
-            for key, rgb in chunk:
-                known = spec.known(key, rgb.shape[:2], size, opts.seed)
-                small = to_model_size(known, size)
-                batch.append(Prepared(Item(Path(key), key, Path(key)), images.Image(rgb, rgb), known,
-                                      images.to_model_input(rgb, size),
-                                      context_weights(small, opts.search.weighted)[None], small[None]))
+            batch = [model.prepare(rgb, spec, name=key, options=opts) for key, rgb in faces[start:start + opts.batch_size]]
             on_prog = None
             if curve_every:
                 def on_prog(i, z, batch=batch):
                     if (i + 1) % curve_every == 0:
-                        x = backend.generate(z[: len(batch)])
+                        x = model.backend.generate(z[: len(batch)])
                         for p, xi in zip(batch, x):
-                            out = images.composite(p.image.rgb, images.from_model_output(xi), p.known)
+                            out = np.where(p.known.astype(bool)[:, :, None], p.image.rgb, images.from_model_output(xi))
                             curve.setdefault(i + 1, []).append(psnr(out, p.image.rgb))
-            outs, _ = complete_batch(backend, batch, opts, on_prog, encoder)
+            outs, _ = model.complete_prepared(batch, opts, on_prog)
             for p, out in zip(batch, outs):
                 truth = p.image.rgb
                 per["gcomp"].append(metrics(out, truth, p.known))

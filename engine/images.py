@@ -17,6 +17,13 @@ import numpy as np
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 JPEG_QUALITY = 95
 
+# A corrupt input gets gcomp's one `error: <file>: <reason>` line; OpenCV's own decoders would print
+# `[ WARN:...]` / `[ERROR:...]` lines before it (a truncated PNG, a bad TIFF directory), so OpenCV's
+# logging is switched off once, here, where images are decoded. It is process-wide; a user who sets
+# OPENCV_LOG_LEVEL (e.g. DEBUG, to see what OpenCV says) keeps their level.
+if "OPENCV_LOG_LEVEL" not in os.environ and hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 
 class ImageError(ValueError):
     """An input that is not a usable image (empty, corrupt, unsupported)."""
@@ -120,6 +127,40 @@ def encode(img: np.ndarray, suffix: str) -> bytes:
 
 
 TMP_PREFIX, TMP_SUFFIX = ".gcomp-", ".tmp"
+NEW_FILE_MODE = 0o666  # what open() asks for; the umask takes its bits away
+
+
+def _umask_from_proc() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    # The only portable way to read the umask is to set it and set it back. That changes a
+    # process-wide setting for a moment, so a file another thread creates in between would get the
+    # wrong mode: it is done once, at import (before gcomp starts any thread), never per write.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_from_proc()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it: Linux's /proc/self/status `Umask:` line (since
+    4.7; thread-safe and current, so a umask set after import counts), else the value read once at
+    import."""
+    mask = _umask_from_proc()
+    return _UMASK_AT_IMPORT if mask is None else mask
 
 
 def write_atomic(path: str | Path, data: bytes, tag: str = "") -> None:
@@ -136,6 +177,10 @@ def write_atomic(path: str | Path, data: bytes, tag: str = "") -> None:
         raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                # mkstemp creates 0600 and the rename keeps it: give the file the mode open() would
+                # have given it (0666 less the umask, e.g. 0644), like any other program's output.
+                os.fchmod(f.fileno(), NEW_FILE_MODE & ~current_umask())
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:

@@ -7,11 +7,11 @@ The pipeline (one Ray Dataset, streamed):
               `options.batch_size` in listing order, and makes one row per batch:
               `ray.data.from_items(rows, override_num_blocks=len(rows))`, so every actor gets work.
   CPU tasks   `map(_decode)`: read + mask + model-size input for each image of a batch
-              (`engine.complete.prepare`). A per-image problem (corrupt file, missing mask)
+              (`engine.prepare.prepare`). A per-image problem (corrupt file, missing mask)
               becomes an error entry that travels on; it never raises.
   actor pool  `map_batches(_Completer, concurrency=workers, num_gpus=gpus_per_worker)`: one
-              backend session per actor (opened in __init__), `complete_batch` (the function the
-              single-process driver runs) on each batch, each output written atomically by the
+              model per actor (`gcomp.open_model` in __init__), `Model.complete_prepared` (the batch
+              work the single-process driver runs) on each batch, each output written atomically by the
               actor with `images.write` and the same temporary-name tag. Returns one status row
               per image: key, done/failed, error.
   driver      folds the rows into the same `Summary` and writes the same gcomp-summary.json.
@@ -37,23 +37,25 @@ import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import images
-from .backends import BackendError, backend_for, open_backend
-from .complete import (CompleteOptions, Item, Prepared, Summary, _progress_bar, _progress_writer,
-                       check_job, complete_batch, default_model, error_text, finish_summary, job_settings,
-                       list_todo, prepare, start_writing)
-from .encoder import load_encoder
+from .api import default_model, open_model
+from .backends import BackendError, backend_for
+from .batch import progress_writer
 from .images import ImageError, OutputError
+from .jobs import Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, start_writing
 from .masks import MaskError, MaskSpec
+from .options import CompleteOptions
+from .prepare import Prepared, prepare
+from .progress import ProgressBar
 
 INSTALL_HINT = "pip install 'gcomp[ray]'"
 CPU_ACTOR_CPUS = 0.5  # a CPU-only actor's reservation: leaves room for the decode tasks (see _connect)
+#: errors that stop the whole job with a one-line message, as in the CLI (checkpoint problems arrive as BackendError)
 USER_ERRORS = (BackendError, ImageError, OutputError, MaskError, ValueError)
 
 
@@ -90,15 +92,6 @@ COLUMNS = ("chunk", "key", "file", "status", "error", "note", "worker", "search_
 FATAL = "fatal"  # a status row carrying a job-level error (pickled) from an actor
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that stop the whole job with a one-line message (as in the CLI)."""
-    try:
-        from ..train.checkpoint import CheckpointError
-    except ImportError:  # no torch here
-        return USER_ERRORS
-    return USER_ERRORS + (CheckpointError,)
-
-
 class _Completer:
     """An actor: one backend session for its lifetime; completes and writes whole batches.
 
@@ -111,9 +104,9 @@ class _Completer:
         self.error: BaseException | None = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         try:
-            self.be = open_backend(model, backend, device, **backend_options).activate()
-            self.encoder = load_encoder(model, self.be.info, opts.init)
-        except _user_errors() as e:
+            self.model = open_model(model, backend=backend, device=device, **backend_options)
+            self.model.encoder(opts.init)  # a missing or foreign encoder fails here, once
+        except USER_ERRORS as e:
             self.error = e
         self.opts, self.tag, self.progress_dir = opts, tag, progress_dir
         self.pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="gcomp-write")
@@ -123,7 +116,7 @@ class _Completer:
             if self.error is not None:
                 raise self.error
             return self._complete(batch)
-        except _user_errors() as e:
+        except USER_ERRORS as e:
             return {"chunk": np.asarray([-1]), "key": np.asarray([""], object), "file": np.asarray([""], object),
                     "status": np.asarray([FATAL], object), "error": np.asarray([pickle.dumps(e).hex()], object),
                     "note": np.asarray([""], object), "worker": np.asarray([self.worker], object),
@@ -148,8 +141,8 @@ class _Completer:
                 continue
             on_prog = None
             if self.progress_dir is not None:
-                on_prog = _progress_writer(self.be, good, Path(self.progress_dir), chunk, self.opts.search.iters)
-            outs, stats = complete_batch(self.be, good, self.opts, on_prog, self.encoder)
+                on_prog = progress_writer(self.model.backend, good, Path(self.progress_dir), chunk, self.opts.search.iters)
+            outs, stats = self.model.complete_prepared(good, self.opts, on_prog)
             futs = [self.pool.submit(images.write, p.item.out, arr, self.tag) for p, arr in zip(good, outs)]
             for i, (p, fut) in enumerate(zip(good, futs)):
                 seconds = stats["seconds"] if i == 0 else 0.0  # once per batch
@@ -162,16 +155,14 @@ class _Completer:
                 for c, v in rows.items()}
 
 
-def _probe(model: str, backend: str, device: str, backend_options: dict, init: str) -> dict:
+def _probe(model: str, backend: str, device: str, backend_options: dict, opts: CompleteOptions) -> dict:
     """A task with a worker's resources: open the model once to learn what the decode tasks and
-    the summary need (size, backend, the model's search defaults) and to fail early and clearly."""
-    be = open_backend(model, backend, device, **backend_options).activate()
-    try:
-        enc = load_encoder(model, be.info, init)
-        return {"backend": be.name, "settings": be.settings(), "notes": be.notes, "size": be.info.size, "defaults": be.info.meta.get("defaults"),
-                "encoder": str(enc.path) if enc else None}
-    finally:
-        be.deactivate()
+    the summary need (size, backend, the job's settings with the model's recommendation applied) and to
+    fail early and clearly."""
+    with open_model(model, backend=backend, device=device, **backend_options) as m:
+        enc = m.encoder(opts.init)
+        return {"backend": m.name, "settings": m.backend.settings(), "notes": m.notes, "size": m.size,
+                "options": m.options(opts), "encoder": str(enc.path) if enc else None}
 
 
 # -- connecting ----------------------------------------------------------------------------------
@@ -210,7 +201,7 @@ def _connect(ray, address: str | None, min_cpus: float) -> bool:
 
 def _user_error(ray, e: BaseException) -> BaseException | None:
     """The user-facing error (bad model, unwritable output) inside a Ray task failure."""
-    kinds = _user_errors()
+    kinds = USER_ERRORS
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -273,11 +264,11 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             if gpus_per_worker > 0:
                 resources["num_gpus"] = gpus_per_worker
             probe = ray.remote(**resources)(_probe)
-            info = ray.get(probe.remote(str(model), backend, actor_device, bopts, opts.init))
+            info = ray.get(probe.remote(str(model), backend, actor_device, bopts, opts))
             ray_info["startup_seconds"] = round(time.perf_counter() - t0, 2)
             for note in info["notes"]:
                 log(f"note: {note}")
-            opts = replace(opts, search=opts.search.resolved(info["defaults"]))
+            opts = info["options"]  # the model's recommended settings, applied once when it was opened
             summary = Summary(skipped=skipped, settings=job_settings(
                 src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"]))
             summary.ray = ray_info
@@ -298,7 +289,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             order = {it.key: i for i, it in enumerate(todo)}
             per_worker: dict[str, int] = {}
             failed: list[tuple[int, dict]] = []
-            bar = _progress_bar(progress, len(todo))
+            bar = ProgressBar(progress, len(todo))
             for r in ds.iter_rows():
                 for line in r["note"].splitlines():  # prepare()'s own "note: ..." lines
                     log(line)

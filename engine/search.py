@@ -1,4 +1,6 @@
-"""The latent search's settings and the seed's update rule, shared by every backend (numpy only)."""
+"""The latent search's settings and the seed's update rule, shared by every backend (numpy only).
+
+The seed's numbers (lr, momentum, lam, iterations) are written here and nowhere else."""
 from __future__ import annotations
 
 import json
@@ -7,25 +9,29 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 OPTIMIZERS = ("momentum", "adam")
-SEED_ITERS = 1000
+#: The seed's search settings (bamos/dcgan-completion.tensorflow): the only place these numbers are written.
+#: Every other default (the CLI, export metadata, validation inputs, the bench) derives from them.
+SEED = {"iters": 1000, "lr": 0.01, "momentum": 0.9, "lam": 0.1, "patience": 0}
+ADAM_LR = 0.03  # Adam's step size when none is given (the seed has no Adam)
+#: the keys a model's metadata `defaults` may recommend
+RECOMMENDABLE = ("iters", "lr", "momentum", "lam", "optimizer", "patience")
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Defaults are the seed's (bamos/dcgan-completion.tensorflow): the faithful baseline.
-
-    iters=None and lr=None mean "the model's recommended value": an exported model may carry
-    tuned `defaults` in its metadata (see `resolved`); otherwise the seed's 1000 iterations, and
-    lr 0.01 for the seed's momentum or 0.03 for Adam.
+    """The latent search's settings. None means "not given": `resolved()` fills it from a model's
+    recommended settings (its metadata `defaults`), else from the seed's (SEED: 1000 iterations,
+    lr 0.01 for the momentum optimizer or ADAM_LR for Adam, momentum 0.9, lam 0.1, no early stop).
+    `gcomp.open_model` applies the model's recommendation once, when the model is opened.
     """
 
     iters: int | None = None
     lr: float | None = None
-    momentum: float = 0.9
-    lam: float = 0.1
+    momentum: float | None = None
+    lam: float | None = None  # weight of the perceptual (discriminator) loss
     optimizer: str = "momentum"
     weighted: bool = False  # the paper's 7x7-weighted context loss instead of the plain mask
-    patience: int | None = None  # stop an image after this many steps without improving (None: the model's; 0: never)
+    patience: int | None = None  # stop an image after this many steps without improving (0: never)
     beta1: float = 0.9  # Adam only
     beta2: float = 0.999
     eps: float = 1e-8
@@ -36,24 +42,49 @@ class SearchParams:
         if self.iters is not None and self.iters < 0:
             raise ValueError(f"iters must be >= 0, got {self.iters}")
 
+    @classmethod
+    def seed(cls) -> "SearchParams":
+        """The seed's settings, all given."""
+        return cls().resolved()
+
     @property
     def step_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 0.01 if self.optimizer == "momentum" else 0.03
+        return SEED["lr"] if self.optimizer == "momentum" else ADAM_LR
+
+    @property
+    def is_resolved(self) -> bool:
+        return None not in (self.iters, self.lr, self.momentum, self.lam, self.patience)
 
     def resolved(self, model_defaults: dict | str | None = None) -> "SearchParams":
-        """Fill iters / lr left as None from the model's defaults, else from the seed's."""
-        d = json.loads(model_defaults) if isinstance(model_defaults, str) else (model_defaults or {})
-        iters = self.iters if self.iters is not None else int(d.get("iters", SEED_ITERS))
-        lr = self.lr
-        if lr is None and "lr" in d and d.get("optimizer", "momentum") == self.optimizer:
-            lr = float(d["lr"])
-        patience = self.patience if self.patience is not None else int(d.get("patience", 0))
-        return replace(self, iters=iters, lr=lr if lr is not None else self.step_lr, patience=patience)
+        """Every setting left as None filled from the model's recommended `defaults`, else from the seed's.
+        A recommended lr (and momentum) applies only to the optimizer it was tuned for."""
+        d = json.loads(model_defaults) if isinstance(model_defaults, str) else dict(model_defaults or {})
+        same_optimizer = d.get("optimizer", "momentum") == self.optimizer
+
+        def pick(name, cast, applies=True):
+            value = getattr(self, name)
+            if value is not None:
+                return value
+            return cast(d[name]) if applies and name in d else None
+
+        lr = pick("lr", float, same_optimizer)
+        return replace(self, iters=_or(pick("iters", int), SEED["iters"]), lr=lr if lr is not None else self.step_lr,
+                       momentum=_or(pick("momentum", float, same_optimizer), SEED["momentum"]),
+                       lam=_or(pick("lam", float), SEED["lam"]), patience=_or(pick("patience", int), SEED["patience"]))
 
     def as_dict(self) -> dict:
         return asdict(self) | {"lr": self.step_lr}
+
+    def recommended(self) -> dict:
+        """These settings as a model's metadata `defaults` (what `gcomp export` writes: the seed's)."""
+        r = self.resolved()
+        return {k: getattr(r, k) for k in ("iters", "lr", "momentum", "lam")}
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def momentum_update(z: np.ndarray, v: np.ndarray, grad: np.ndarray, lr: float, momentum: float):

@@ -24,14 +24,16 @@ import json
 import os
 from typing import Any
 
+from ..engine.search import SearchParams
+
 KEYS = ("gcomp_version", "gcomp_kind", "size", "channels", "zdim", "precision", "unroll", "batch",
         "defaults", "config_hash", "model_config", "mask_convention")
 INT_KEYS = ("size", "channels", "zdim", "unroll", "opset")
 JSON_KEYS = ("defaults", "model_config")
 KINDS = ("generator", "step")
 MASK_CONVENTION = "w: 1 = known pixel, 0 = hole; mask files: white = fill"
-#: the seed's hyperparameters (bamos/dcgan-completion.tensorflow), as gcomp.engine.search.SearchParams
-SEED_DEFAULTS = {"lr": 0.01, "momentum": 0.9, "lam": 0.1, "iters": 1000}
+#: the seed's hyperparameters (bamos/dcgan-completion.tensorflow), from gcomp.engine.search (their one source)
+SEED_DEFAULTS = SearchParams.seed().recommended()
 
 
 class MetadataError(ValueError):

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
+from ..engine.backends.exported import (GENERATOR_FILE, GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_FILE,  # noqa: F401
+                                        STEP_INPUTS, STEP_OUTPUTS)
 from .metadata import MASK_CONVENTION, SEED_DEFAULTS, write_metadata
+from .validate import example_inputs
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: what each precision computes in (bf16 stores bf16 weights, computes fp32: see adjoint.PRECISIONS)
 COMPUTE = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
 DEFAULT_OPSET = 18
 OPSETS = range(18, 24)  # the dynamo exporter's native opset is 18; ONNX Runtime 1.32 reads up to 23
-GENERATOR_FILE, STEP_FILE = "generator.onnx", "step.onnx"
-STEP_INPUTS = ("z", "v", "y", "w", "lr", "momentum", "lam")
-STEP_OUTPUTS = ("z_out", "v_out", "loss")
 
 
 def parse_batch(batch: str | int) -> str | int:
@@ -143,38 +143,14 @@ def _metadata(cfg, kind: str, precision: str, unroll: int, batch, opset: int) ->
     }
 
 
-def example_inputs(cfg, batch: int, seed: int = 0):
-    """Step inputs as torch tensors: z ~ U[-1, 1], v = 0.1 * N(0, 1), y ~ U[-1, 1], a center-mask w."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    s, c = cfg.size, cfg.channels
-    z = torch.rand(batch, cfg.zdim, generator=g) * 2 - 1
-    v = torch.randn(batch, cfg.zdim, generator=g) * 0.1
-    y = torch.rand(batch, c, s, s, generator=g) * 2 - 1
-    w = center_mask(batch, s)
-    f32 = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
-    return z, v, y, w, f32(SEED_DEFAULTS["lr"]), f32(SEED_DEFAULTS["momentum"]), f32(SEED_DEFAULTS["lam"])
-
-
-def center_mask(batch: int, size: int):
-    """The seed's center mask as weights [B, 1, H, W]: 1 = known, 0 in the middle quarter-area square."""
-    import torch
-
-    w = torch.ones(batch, 1, size, size)
-    a, b = size // 4, size - size // 4
-    w[:, :, a:b, a:b] = 0
-    return w
-
-
 def export_generator(G, cfg, path: Path, precision: str, batch, opset: int):
     import onnx
 
-    from .adjoint import GeneratorModule
+    from ..train.adjoint import GeneratorModule
 
     nb = 2 if batch == "dynamic" else batch
     z = example_inputs(cfg, nb)[0]
-    model = _export_graph(GeneratorModule(G, precision), (z,), ("z",), ("image",), {"z"}, batch == "dynamic", opset)
+    model = _export_graph(GeneratorModule(G, precision), (z,), (GENERATOR_INPUT,), (GENERATOR_OUTPUT,), {GENERATOR_INPUT}, batch == "dynamic", opset)
     model.graph.name = "gcomp_generator"
     write_metadata(model, _metadata(cfg, "generator", precision, 1, batch, opset))
     onnx.save(model, str(path))
@@ -184,7 +160,7 @@ def export_generator(G, cfg, path: Path, precision: str, batch, opset: int):
 def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset: int):
     import onnx
 
-    from .adjoint import StepModule
+    from ..train.adjoint import StepModule
 
     nb = 2 if batch == "dynamic" else batch
     args = example_inputs(cfg, nb)
@@ -241,7 +217,7 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
 
     report = None
     if validate:
-        from .validate import validate_export
+        from .validate import validate_export  # noqa: F811 (validate never imports this module back)
 
         report = validate_export(out, G, D, cfg, precision=precision, raise_on_failure=True)
     engines: dict[str, Any] = {}

@@ -5,130 +5,28 @@ Builders, in order of preference: NVIDIA TensorRT (`import tensorrt`) and Tensor
 Python API, always strongly typed, and it builds on a machine without a GPU for the compute capabilities
 it is told to target).
 
-Engine file layout (Ultralytics' idea, with a magic so foreign files are recognised):
-
-    b"GCOMPTRT" | uint32 little-endian N | N bytes of UTF-8 JSON header | the serialized TensorRT plan
-
-The header holds the builder and its version, the target compute capabilities, the precision, the
-optimization profile's shapes and the ONNX file's gcomp metadata. `read_engine_header` needs neither
-torch nor TensorRT; `check_engine_header` refuses an engine built by another TensorRT version or for
-another GPU before TensorRT would fail with a less helpful message.
+The engine file format (a gcomp header in front of the plan) is the runtime's: it lives beside the tensorrt
+backend in engine/backends/tensorrt_plan.py, which this builder writes with `pack_engine`. The header holds
+the builder and its version, the target compute capabilities, the precision, the optimization profile's
+shapes and the ONNX file's gcomp metadata.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
-MAGIC = b"GCOMPTRT"
-HEADER_FORMAT = "gcomp-trt/1"
-INSTALL_HINT = ("--trt needs TensorRT's Python API: install NVIDIA TensorRT (pip install tensorrt, on a machine "
-                "with a CUDA GPU) or TensorRT-RTX (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
+from ..engine.backends.tensorrt_plan import (HEADER_FORMAT, MAGIC, EngineMismatchError,  # noqa: F401 (re-exported)
+                                            TensorRTUnavailable, _cc_str, check_engine_header, import_tensorrt,
+                                            pack_engine, read_engine, read_engine_header)
+
 #: default optimization profile over the batch dimension for dynamic-batch graphs: min, opt, max
 DEFAULT_PROFILE = (1, 64, 256)
 
 
-class TensorRTUnavailable(RuntimeError):
-    """Neither tensorrt nor tensorrt_rtx_bindings can be imported."""
-
-
-class EngineMismatchError(RuntimeError):
-    """An engine file that this TensorRT or this GPU cannot run, or not a gcomp engine."""
-
-
-# -- the header (no torch, no tensorrt) --------------------------------------------------------------
-def pack_engine(header: dict[str, Any], plan: bytes) -> bytes:
-    blob = json.dumps(header, sort_keys=True).encode()
-    return MAGIC + struct.pack("<I", len(blob)) + blob + bytes(plan)
-
-
-def _read_header(f, name) -> tuple[dict, int]:
-    magic = f.read(len(MAGIC))
-    if magic != MAGIC:
-        raise EngineMismatchError(f"{name}: not a gcomp TensorRT engine (no {MAGIC!r} header; "
-                                  f"build engines with `gcomp export --trt`)")
-    raw = f.read(4)
-    if len(raw) != 4:
-        raise EngineMismatchError(f"{name}: truncated engine header")
-    (n,) = struct.unpack("<I", raw)
-    blob = f.read(n)
-    if len(blob) != n:
-        raise EngineMismatchError(f"{name}: truncated engine header ({len(blob)} of {n} bytes)")
-    try:
-        header = json.loads(blob.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineMismatchError(f"{name}: unreadable engine header ({e})") from None
-    return header, len(MAGIC) + 4 + n
-
-
-def read_engine_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a gcomp engine file (reads only the header)."""
-    with open(path, "rb") as f:
-        header, _ = _read_header(f, path)
-    return header
-
-
-def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
-    """(header, serialized plan) of a gcomp engine file."""
-    with open(path, "rb") as f:
-        header, _ = _read_header(f, path)
-        plan = f.read()
-    if not plan:
-        raise EngineMismatchError(f"{path}: the engine file has a header but no plan")
-    return header, plan
-
-
-def _cc_str(cc) -> str:
-    if isinstance(cc, (tuple, list)):
-        return f"{cc[0]}.{cc[1]}"
-    return str(cc)
-
-
-def check_engine_header(header: dict[str, Any], builder: str | None = None, trt_version: str | None = None,
-                        compute_capability=None) -> None:
-    """Refuse an engine this runtime cannot run, with a message saying why and what to do.
-
-    builder: "tensorrt" or "tensorrt_rtx" (the runtime library); trt_version: its __version__;
-    compute_capability: the GPU's, as (major, minor) or "8.6". None skips that check.
-    """
-    if header.get("format") != HEADER_FORMAT:
-        raise EngineMismatchError(f"engine header format {header.get('format')!r} is not {HEADER_FORMAT!r}")
-    rebuild = "rebuild it here with `gcomp export CHECKPOINT --trt` or use the .onnx files"
-    if builder is not None and header.get("builder") != builder:
-        raise EngineMismatchError(f"engine built with {header.get('builder')} cannot be loaded by {builder}; {rebuild}")
-    if trt_version is not None and header.get("tensorrt_version") != trt_version:
-        raise EngineMismatchError(f"engine built with {header.get('builder')} {header.get('tensorrt_version')}, "
-                                  f"this runtime is {trt_version}: TensorRT plans are tied to the exact version; {rebuild}")
-    if compute_capability is not None:
-        cc = _cc_str(compute_capability)
-        targets = header.get("compute_capability") or []
-        if cc not in targets:
-            raise EngineMismatchError(f"engine built for compute capability {', '.join(targets) or '?'}, "
-                                      f"this GPU is {cc}; {rebuild}")
-
-
 # -- building ---------------------------------------------------------------------------------------
-def import_tensorrt():
-    """(module, builder name): TensorRT if installed, else TensorRT-RTX; TensorRTUnavailable otherwise."""
-    try:
-        import tensorrt as trt  # noqa: F401
-
-        return trt, "tensorrt"
-    except ImportError:
-        pass
-    try:
-        import tensorrt_rtx_bindings as trt  # noqa: F401
-
-        return trt, "tensorrt_rtx"
-    except ImportError:
-        pass
-    raise TensorRTUnavailable(INSTALL_HINT)
-
-
 def current_compute_capability() -> str | None:
     """The first CUDA GPU's compute capability as "8.6", or None when none is visible.
 

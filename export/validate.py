@@ -1,4 +1,4 @@
-"""Validate exported graphs against the PyTorch reference (engine/reference.py, autograd), optimum-style.
+"""Validate exported graphs against the PyTorch reference (train/reference.py, autograd), optimum-style.
 
 1. onnx.checker and strict shape inference on both files.
 2. One step on ONNX Runtime (CPU) vs loss_and_grad + momentum_step on random inputs (z, y ~ U[-1, 1],
@@ -6,7 +6,7 @@
    G(z), see away_from_kinks); generator image vs G(z). For an unrolled graph (K steps per call) the
    reference runs K steps, both at lr 1e-4: at the seed's 0.01 K chained steps are chaotic on a trained
    model (a 1e-7 difference grows ~3x per step), which would test the dynamics, not the export.
-3. A 50-step trajectory (rounded up to a multiple of K) of engine.reference.search from the same z0:
+3. A 50-step trajectory (rounded up to a multiple of K) of train.reference.search from the same z0:
    - "trajectory step": one call of the graph from every K-th state the reference visits (v = 0), vs K
      reference steps; the median relative error over the states (the worst is reported too);
    - "trajectory mean loss": the same loop run freely through ONNX Runtime; |mean loss_onnx - mean loss_torch|
@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..engine.backends.exported import GENERATOR_FILE, STEP_FILE, step_feed  # noqa: F401 (step_feed: re-exported)
+from ..engine.masks import make_mask
+from .metadata import SEED_DEFAULTS
 
 RELATIVE_ERROR = "max|onnx - torch| / max|torch| over the output"
 #: tolerances on the relative error, per precision and check. Measured values: docs/export.md.
@@ -101,9 +105,19 @@ def session(path: str | Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
-    f = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))  # noqa: E731
-    return {"z": f(z), "v": f(v), "y": f(y), "w": f(w), "lr": f(lr), "momentum": f(momentum), "lam": f(lam)}
+def example_inputs(cfg, batch: int, seed: int = 0):
+    """Step inputs as torch tensors: z ~ U[-1, 1], v = 0.1 * N(0, 1), y ~ U[-1, 1], the center-mask w, and
+    the seed's lr, momentum and lam (what the exporter traces and validation feeds)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    s, c = cfg.size, cfg.channels
+    z = torch.rand(batch, cfg.zdim, generator=g) * 2 - 1
+    v = torch.randn(batch, cfg.zdim, generator=g) * 0.1
+    y = torch.rand(batch, c, s, s, generator=g) * 2 - 1
+    w = torch.from_numpy(make_mask("center", s)).expand(batch, 1, s, s).contiguous()
+    f32 = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    return z, v, y, w, f32(SEED_DEFAULTS["lr"]), f32(SEED_DEFAULTS["momentum"]), f32(SEED_DEFAULTS["lam"])
 
 
 def _row(name: str, a, b, tol: float | None) -> dict[str, Any]:
@@ -117,10 +131,9 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
     """Validate out_dir/generator.onnx and out_dir/step.onnx; write out_dir/validation.json; return the report."""
     import torch
 
-    from ..engine.reference import loss_and_grad, momentum_step, search
     from ..engine.search import SearchParams
+    from ..train.reference import loss_and_grad, momentum_step, search
     from .metadata import read_metadata
-    from .onnx_export import GENERATOR_FILE, STEP_FILE, example_inputs
 
     out = Path(out_dir)
     gen_path, step_path = out / GENERATOR_FILE, out / STEP_FILE
@@ -220,8 +233,8 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
         "unroll": unroll,
         "batch_size": batch_size,
         "check_lr": check_lr,
-        "inputs": "z, y ~ U[-1,1], v = 0.1*N(0,1), center-mask w, lr 0.01, momentum 0.9, lam 0.1, "
-                  f"seed {seed}",
+        "inputs": f"z, y ~ U[-1,1], v = 0.1*N(0,1), center-mask w, lr {SEED_DEFAULTS['lr']}, "
+                  f"momentum {SEED_DEFAULTS['momentum']}, lam {SEED_DEFAULTS['lam']}, seed {seed}",
         "relative_error": RELATIVE_ERROR,
         "trajectory_steps": n_steps,
         "onnx_checker": "ok",

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 pytest.importorskip("torch")
 
 from gcomp.cli.app import app  # noqa: E402
-from gcomp.engine.bench import flops_per_iteration  # noqa: E402
+from gcomp.benchmarks.bench import flops_per_iteration  # noqa: E402
 
 
 def test_flops_of_the_seed_model():
@@ -37,7 +37,7 @@ def test_bench_cli_json(tiny_ckpt, tmp_path):
 
 
 def test_thread_and_stream_sweep_marks_the_best(tiny_ckpt):
-    from gcomp.engine.bench import bench, settings_grid
+    from gcomp.benchmarks.bench import bench, settings_grid
 
     assert settings_grid("torch", (1, 2), (1, 2)) == [{}]  # the reference takes neither
     assert settings_grid("openvino", (1, 2), (None,)) == [{"threads": 1}, {"threads": 2}]
@@ -50,7 +50,7 @@ def test_thread_and_stream_sweep_marks_the_best(tiny_ckpt):
 
 
 def test_interleaved_rounds_time_every_call(tiny_ckpt):
-    from gcomp.engine.bench import bench
+    from gcomp.benchmarks.bench import bench
 
     rep = bench(tiny_ckpt, ["onnxruntime", "torch"], [2], iters=5, warmup=1, rounds=2, log=lambda m: None)
     assert rep["rounds"] == 2 and [r["backend"] for r in rep["runs"]] == ["baseline", "onnxruntime", "torch"]

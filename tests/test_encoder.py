@@ -81,7 +81,7 @@ def test_early_stopping_is_per_image_and_backend_independent(tiny_ckpt, with_enc
         z0 = rng.uniform(-1, 1, (3, tb.info.zdim)).astype(np.float32)
         y = rng.uniform(-1, 1, (3, 3, s, s)).astype(np.float32)
         w = np.ones((3, 1, s, s), np.float32)
-        a, b = tb.search(z0, y, w, hp), Backend.search(tb, z0, y, w, hp)
+        a, b = tb.search(z0, y, w, hp), Backend.host_search(tb, z0, y, w, hp)
         assert len(a.history) < 60 and len(a.history) == len(b.history)  # stopped early, at the same step
         np.testing.assert_allclose(a.z, b.z, atol=1e-4)
         c = ob.search(z0, y, w, hp)

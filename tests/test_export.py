@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from gcomp.engine.reference import loss_and_grad, momentum_step  # noqa: E402
+from gcomp.train.reference import loss_and_grad, momentum_step  # noqa: E402
 from gcomp.export import metadata as md  # noqa: E402
 from gcomp.export.onnx_export import (  # noqa: E402
     example_inputs, export_generator, export_model, export_step)

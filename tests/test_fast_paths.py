@@ -1,6 +1,6 @@
 """Device-resident search loops give the host loop's results; the torch fast path agrees with the oracle.
 
-The host loop (engine/backends/base.py Backend.search) and the reference (engine/reference.py) define what
+The host loop (engine/backends/base.py Backend.host_search) and the reference (train/reference.py) define what
 a search returns: z, the final loss, the per-iteration history and per-image early stopping. The loops that
 keep z/v on a device (torch's fast path, ONNX Runtime's IO binding, TensorRT) must return the same; on
 CPU the first two are checked here, their CUDA-graph variants where a GPU is present.
@@ -30,7 +30,7 @@ def _run(backend, hp, host_loop=False):
     """(result, [(iteration, z)] from the progress callback)."""
     seen = []
     z0, y, w = search_inputs(6, backend.info.size, backend.info.zdim)
-    search = Backend.search if host_loop else type(backend).search
+    search = Backend.host_search if host_loop else type(backend).search
     res = search(backend, z0, y, w, hp, lambda i, z: seen.append((i, z.copy())))
     return res, seen
 
@@ -64,7 +64,7 @@ def _assert_same_loops(hp, host, device, device_no_callback):
 # -- torch ----------------------------------------------------------------------------------------------
 def test_fp32_on_cpu_is_the_oracle_by_default(tiny_ckpt):
     with open_backend(tiny_ckpt) as b:
-        assert not b.use_fast and b.stepper is None  # engine/reference.py's autograd loop, as before
+        assert not b.use_fast and b.stepper is None  # train/reference.py's autograd loop, as before
 
 
 @pytest.mark.parametrize("hp", [SMOOTH, STOPPING], ids=["smooth", "early-stop"])
@@ -84,7 +84,7 @@ def test_torch_fast_path_matches_the_oracle(tiny_ckpt, hp):
 
 @pytest.mark.parametrize("hp", [SMOOTH, STOPPING], ids=["smooth", "early-stop"])
 def test_torch_fast_loop_equals_the_host_loop(tiny_ckpt, hp):
-    """The same fast step driven by Backend.search's host loop (z/v through numpy, stopped images frozen
+    """The same fast step driven by Backend.host_search's host loop (z/v through numpy, stopped images frozen
     in place) and by the fast loop (z/v on the device, DeviceLoop's bookkeeping): the same computation
     row by row, so the same numbers (measured: identical; 1e-6 allows for a reordered reduction)."""
     with TorchBackend(tiny_ckpt, fast=True) as fast:

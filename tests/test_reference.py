@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gcomp.engine import reference  # noqa: E402
+from gcomp.train import reference  # noqa: E402
 from gcomp.engine.backends import open_backend  # noqa: E402
 from gcomp.engine.masks import make_mask  # noqa: E402
 from gcomp.engine.search import SearchParams, momentum_update  # noqa: E402
@@ -100,6 +100,6 @@ def test_backend_step_equals_the_seed_update(tiny_ckpt):
 
         hp = SearchParams(iters=5)
         a = b.search(z, y, w, hp)
-        g_res = Backend.search(b, z, y, w, hp)
+        g_res = Backend.host_search(b, z, y, w, hp)
         np.testing.assert_allclose(a.z, g_res.z, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.loss, g_res.loss, rtol=1e-4)

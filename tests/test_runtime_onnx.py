@@ -33,7 +33,8 @@ def psnr(a, b):
 
 def test_search_matches_the_torch_backend(tiny_ckpt, exported):
     rng = np.random.default_rng(0)
-    with open_backend(tiny_ckpt) as tb, open_backend(exported) as ob:
+    # onnxruntime by name: --backend auto picks openvino on CPUs with native bf16 (tests/test_cpu_matrix.py)
+    with open_backend(tiny_ckpt) as tb, open_backend(exported, "onnxruntime") as ob:
         assert ob.name == "onnxruntime" and ob.info.config_hash == tb.info.config_hash
         n, s = 4, tb.info.size
         z0 = rng.uniform(-1, 1, (n, tb.info.zdim)).astype(np.float32)
@@ -131,7 +132,7 @@ def test_a_static_batch_model_takes_any_number_of_images(tiny_ckpt, exported, tm
     opts = CompleteOptions(batch_size=3, restarts=2, search=SearchParams(iters=6, lr=3e-4, patience=2))
     outs = {}
     for name, model in (("static", static), ("dynamic", exported)):
-        with open_backend(model) as be:
+        with open_backend(model, "onnxruntime") as be:  # by name: auto picks openvino on bf16 CPUs
             assert be.fixed_batch == (4 if name == "static" else None)
             s = complete(src, tmp_path / name, backend=be, options=opts, progress=False)
         assert s.done == 6 and not s.failed

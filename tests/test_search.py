@@ -5,9 +5,14 @@ from gcomp.engine.search import EarlyStop, SearchParams
 
 def test_resolved_takes_the_models_defaults_only_where_not_given():
     tuned = '{"iters": 100, "lr": 0.0003, "lam": 0.1, "momentum": 0.9, "patience": 20}'
-    assert SearchParams().resolved() == SearchParams(iters=1000, lr=0.01, patience=0)  # the seed's
-    assert SearchParams().resolved(tuned) == SearchParams(iters=100, lr=3e-4, patience=20)
-    assert SearchParams(iters=7, lr=0.5, patience=0).resolved(tuned) == SearchParams(iters=7, lr=0.5, patience=0)
+    seed = SearchParams.seed()
+    assert (seed.iters, seed.lr, seed.momentum, seed.lam, seed.patience) == (1000, 0.01, 0.9, 0.1, 0)  # the seed's
+    assert SearchParams().resolved(tuned) == SearchParams(iters=100, lr=3e-4, momentum=0.9, lam=0.1, patience=20)
+    given = SearchParams(iters=7, lr=0.5, momentum=0.5, lam=2.0, patience=0)
+    assert given.resolved(tuned) == given
+    # the model's momentum and lam are applied too
+    assert SearchParams().resolved('{"momentum": 0.5, "lam": 0.3}').momentum == 0.5
+    assert SearchParams().resolved('{"momentum": 0.5, "lam": 0.3}').lam == 0.3
     # a momentum lr is no default for Adam
     assert SearchParams(optimizer="adam").resolved(tuned).lr == 0.03
     r = SearchParams().resolved(tuned)

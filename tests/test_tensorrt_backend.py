@@ -8,7 +8,7 @@ import pytest
 
 from synth import search_inputs
 from gcomp.engine.backends import BackendError, backend_for, open_backend
-from gcomp.export.trt import HEADER_FORMAT, pack_engine
+from gcomp.engine.backends.tensorrt_plan import HEADER_FORMAT, pack_engine
 
 
 def _fake_engines(folder):

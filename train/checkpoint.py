@@ -9,24 +9,8 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .checkpoint_file import CKPT_NAME, FORMAT, CheckpointError, resolve  # noqa: F401 (torch-free; re-exported)
 from .model import Discriminator, Generator, ModelConfig
-
-FORMAT = "gcomp-checkpoint/1"
-CKPT_NAME = "checkpoint.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated, or not one of ours."""
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder holding `checkpoint.pt`."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / CKPT_NAME
-    if not p.is_file():
-        raise CheckpointError(f"no checkpoint at {path} (expected a .pt file or a run folder with {CKPT_NAME})")
-    return p
 
 
 def save(path: str | os.PathLike, cfg: ModelConfig, G: Generator, D: Discriminator, **extra: Any) -> Path:

@@ -31,7 +31,6 @@ from ..engine.masks import KINDS, make_mask
 from .checkpoint import load_models
 from .model import BN_EPS, KERNEL, LRELU_SLOPE, PAD, STRIDE, ModelConfig, _widths, sample_z, weights_init
 
-ENCODER_FILE = "encoder.onnx"
 TRAIN_KINDS = tuple(k for k in KINDS if k != "full")
 
 
@@ -127,56 +126,3 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
             break
     logf.close()
     return out / "encoder.pt"
-
-
-def export_encoder(encoder_pt: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32") -> Path:
-    """encoder.onnx beside the step graph: inputs `image` [B, C, H, W], `mask` [B, 1, H, W] -> `z`."""
-    from .. import __version__
-    from ..export.metadata import MASK_CONVENTION, write_metadata
-
-    state = torch.load(encoder_pt, map_location="cpu", weights_only=True)
-    mcfg = ModelConfig(**state["model_config"])
-    E = Encoder(mcfg)
-    E.load_state_dict(state["E"])
-    E.eval()
-    if precision in ("fp16", "bf16"):
-        E = E.to(torch.float16 if precision == "fp16" else torch.bfloat16).float()  # round weights, compute fp32
-    img = torch.zeros(2, mcfg.channels, mcfg.size, mcfg.size)
-    m = torch.ones(2, 1, mcfg.size, mcfg.size)
-    path = Path(out_dir) / ENCODER_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import warnings
-
-    with warnings.catch_warnings():  # a small plain CNN: the TorchScript exporter is quick and clean here
-        warnings.simplefilter("ignore")
-        torch.onnx.export(E, (img, m), str(path), input_names=["image", "mask"], output_names=["z"],
-                          dynamic_axes={"image": {0: "batch"}, "mask": {0: "batch"}, "z": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    if precision in ("fp16", "bf16"):
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(str(path))
-        # weights stored in fp16 (halves the file), cast back to fp32 at load by the runtime
-        from onnx import helper
-
-        new_inits, casts = [], []
-        for init in model.graph.initializer:
-            arr = numpy_helper.to_array(init)
-            if arr.dtype == np.float32 and arr.size > 16:
-                half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_fp16")
-                new_inits.append(half)
-                casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
-            else:
-                new_inits.append(init)
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(new_inits)
-        nodes = list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend(casts + nodes)
-        onnx.save(model, str(path))
-    write_metadata(path, {"gcomp_version": __version__, "gcomp_kind": "encoder", "size": mcfg.size,
-                          "channels": mcfg.channels, "zdim": mcfg.zdim, "precision": precision,
-                          "config_hash": state["config_hash"], "model_config": asdict(mcfg),
-                          "mask_convention": MASK_CONVENTION, "trained_steps": state["step"]})
-    return path

@@ -315,14 +315,13 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
              f"steps {start + 1}..{total}, batch {B} x {world} process(es), {batches.steps_per_epoch} steps/epoch, "
              f"device {device}{' bf16' if amp else ''} -> {out}")
     if show_bar:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-        bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-                       TextColumn("d_loss {task.fields[d]:.4f}  g_loss {task.fields[g]:.4f}  {task.fields[ips]:.1f} img/s"),
-                       TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-        task = bar.add_task("train", total=total, completed=start, d=float("nan"), g=float("nan"), ips=0.0)
-        bar.start()
+        from rich.progress import TextColumn
+
+        from ..engine.progress import ProgressBar
+
+        bar = ProgressBar(True, total, "step",
+                          TextColumn("d_loss {task.fields[d]:.4f}  g_loss {task.fields[g]:.4f}  {task.fields[ips]:.1f} img/s"),
+                          completed=start, d=float("nan"), g=float("nan"), ips=0.0)
 
     log = open(log_path, "a") if di.main else None
     step = start
@@ -379,7 +378,7 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
                 if step % cfg.save_every == 0 or step == total:
                     save(step)
                 if bar is not None:
-                    bar.update(task, completed=step, d=d_l, g=g_l, ips=ips_avg)
+                    bar.update(completed=step, d=d_l, g=g_l, ips=ips_avg)
                 elif plain and (step % cfg.sample_every == 0 or step == total):
                     _say(f"step {step}/{total}  d_loss {d_l:.4f}  g_loss {g_l:.4f}  "
                          f"d_real {d_real:.3f}  d_fake {d_fake:.3f}  {ips_avg:.1f} img/s")
@@ -387,7 +386,7 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
             raise DataError(f"the data ran out at step {step} of {total}")  # cannot happen with StepBatchSampler
     finally:
         if bar is not None:
-            bar.stop()
+            bar.close()
         if log is not None:
             log.close()
         data.close()

@@ -1,27 +1,47 @@
 """Backends, picked by name or, under 'auto', by what the model path is (Ultralytics' suffix table)."""
 from __future__ import annotations
 
-import inspect
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Backend, BackendError, ModelInfo, SearchResult
 
-# name, file suffixes, the file that marks a model folder for it
+
+@dataclass(frozen=True)
+class Format:
+    """One row of the formats table: a backend, the class that runs it, and the model files it runs."""
+
+    name: str
+    module: str  # engine/backends/<module>.py, imported only when this backend is used
+    cls: str
+    suffixes: tuple[str, ...]  # model files it runs
+    marker: str  # the file that marks a model folder for it
+    devices: str
+    needs: str  # its runtime's pip install
+
+
+# The single source of truth for backends (Ultralytics' habit): names, suffixes, picking one by file.
+# Under --backend auto the first row whose suffix or marker matches wins (openvino shares onnxruntime's
+# files; auto_backend moves an ONNX export to it where that pays).
 FORMATS = (
-    ("torch", (".pt", ".pth"), "checkpoint.pt"),
-    ("onnxruntime", (".onnx",), "step.onnx"),
-    ("tensorrt", (".engine", ".plan"), "step.engine"),
+    Format("torch", "torch_backend", "TorchBackend", (".pt", ".pth"), "checkpoint.pt", "cpu, cuda", "gcomp[train]"),
+    Format("onnxruntime", "onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), "step.onnx", "cpu, cuda",
+           "onnxruntime (or onnxruntime-gpu)"),
+    Format("openvino", "openvino_backend", "OpenVINOBackend", (".onnx",), "step.onnx", "cpu", "gcomp[openvino]"),
+    Format("tensorrt", "tensorrt_backend", "TensorRTBackend", (".engine", ".plan"), "step.engine", "cuda",
+           "tensorrt or tensorrt-rtx, cuda-python"),
 )
-NAMES = tuple(f[0] for f in FORMATS) + ("openvino",)  # openvino reads the onnxruntime format
+NAMES = tuple(f.name for f in FORMATS)
 
 
 def backend_for(model: str | Path) -> str:
     p = Path(model)
-    for name, suffixes, marker in FORMATS:
-        if p.is_dir() and (p / marker).exists():
-            return name
-        if p.suffix.lower() in suffixes:
-            return name
+    for f in FORMATS:
+        if p.is_dir() and (p / f.marker).exists():
+            return f.name
+        if p.suffix.lower() in f.suffixes:
+            return f.name
     raise BackendError(f"cannot tell which backend runs {model}: expected a .pt checkpoint, a run folder "
                        f"with checkpoint.pt, or an export folder with step.onnx / step.engine")
 
@@ -48,17 +68,10 @@ def auto_backend(model: str | Path, device: str = "cpu", native_bf16: bool | Non
 
 def backend_class(name: str) -> type[Backend]:
     """The class of a backend, imported only when asked for (each pulls in its own runtime)."""
-    if name == "torch":
-        from .torch_backend import TorchBackend as cls
-    elif name == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend as cls
-    elif name == "openvino":
-        from .openvino_backend import OpenVINOBackend as cls
-    elif name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend as cls
-    else:
-        raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
-    return cls
+    for f in FORMATS:
+        if f.name == name:
+            return getattr(importlib.import_module(f"{__name__}.{f.module}"), f.cls)
+    raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
 
 
 def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", **options) -> Backend:
@@ -72,8 +85,7 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
     cls = backend_class(name)
     if name == "tensorrt":
         device = "cuda" if device == "cpu" else device
-    params = inspect.signature(cls.__init__).parameters
-    wrong = [k for k in options if k not in params]
+    wrong = [k for k in options if k not in cls.options]
     if wrong:
         chose = f" (--backend auto chose {why})" if why else ""
         raise BackendError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to the {name} backend{chose}")
@@ -83,4 +95,5 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
     return be
 
 
-__all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "auto_backend", "backend_for", "backend_class", "NAMES"]
+__all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "auto_backend", "backend_for",
+           "backend_class", "FORMATS", "NAMES"]

@@ -5,9 +5,12 @@
         z, v, loss = b.step(z, v, y, w, lr, momentum, lam)   # one projected-momentum step
         result = b.search(z0, y, w, params)                  # the whole latent search
 
-Arrays in and out are numpy float32. `search` has a generic implementation on top of `step` (the host
-loop); backends override it to keep z/v on the device, with `DeviceLoop` reproducing the host loop's
-early stopping and history from the [B] losses of each call.
+Arrays in and out are numpy float32. A backend implements `activate_impl`, `generate_impl` and `step`, and
+may override one more hook, `search_impl` (default: the host loop, `host_search`), to keep z/v on the
+device, with `DeviceLoop` reproducing the host loop's early stopping and history from the [B] losses of
+each call. The public `generate` and `search` wrap those hooks: settings are completed and checked once,
+and a static-batch model (`gcomp export --batch N`) is fed parts of exactly N rows (`in_fixed_parts`), so
+no backend and no caller handles that itself. Each backend declares the options it takes (`options`).
 """
 from __future__ import annotations
 
@@ -47,6 +50,10 @@ ProgressFn = Callable[[int, np.ndarray], None]  # (iteration, z) after each step
 
 class Backend:
     name = "base"
+    #: the keyword options its constructor takes besides the model and the device (checked by open_backend)
+    options: tuple[str, ...] = ()
+    #: the optimizers its search runs
+    optimizers: tuple[str, ...] = ("momentum",)
     #: a batch size the model was built for (static engines); None = any
     fixed_batch: int | None = None
     #: search steps per call of step() (an exported graph may unroll K steps)
@@ -88,27 +95,46 @@ class Backend:
 
     # -- inference ---------------------------------------------------------------------------
     def generate(self, z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """G(z) for any number of rows, [B, C, H, W] in [-1, 1]."""
+        if not self.fixed_batch or len(z) == self.fixed_batch:
+            return self.generate_impl(z)
+        return np.concatenate([self.generate_impl(a)[:real] for real, (a,) in in_fixed_parts(self.fixed_batch, [z])])
 
-    def step(self, z, v, y, w, lr: float, momentum: float, lam: float):
-        """One step: returns (z_out, v_out, loss at the input z)."""
-        raise NotImplementedError
+    def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
+               callback: ProgressFn | None = None) -> SearchResult:
+        """The latent search from z0 (any number of rows). Settings left as None are the seed's here: a
+        model's recommended settings are applied by gcomp.open_model, not by backends."""
+        hp = self.check(hp.resolved())
+        if not self.fixed_batch or len(z0) == self.fixed_batch:
+            return self.search_impl(z0, y, w, hp, callback)
+        return search_in_parts(self.fixed_batch, self.search_impl, z0, y, w, hp, callback)
 
-    def resolve(self, hp: SearchParams) -> SearchParams:
-        """hp with the model's recommended defaults filled in; refuses what a step graph cannot run."""
-        hp = hp.resolved(self.info.meta.get("defaults") if self.info else None)
-        if hp.optimizer != "momentum":
+    def check(self, hp: SearchParams) -> SearchParams:
+        """Refuse what this backend cannot run."""
+        if hp.optimizer not in self.optimizers:
             raise BackendError(f"the {self.name} backend runs the seed's momentum optimizer only "
                                f"(got {hp.optimizer}); use --backend torch for adam")
         if hp.iters % self.unroll:
             raise BackendError(f"--iters {hp.iters} is not a multiple of the graph's unroll {self.unroll}")
         return hp
 
-    def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
-               callback: ProgressFn | None = None) -> SearchResult:
+    # -- what a backend implements -------------------------------------------------------------
+    def generate_impl(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, z, v, y, w, lr: float, momentum: float, lam: float):
+        """One call (`unroll` steps) at the model's batch size: returns (z_out, v_out, loss at the input z)."""
+        raise NotImplementedError
+
+    def search_impl(self, z0, y, w, hp: SearchParams, callback: ProgressFn | None = None) -> SearchResult:
+        """The one override point of the search (hp complete and checked, rows = the model's batch)."""
+        return self.host_search(z0, y, w, hp, callback)
+
+    def host_search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
+                    callback: ProgressFn | None = None) -> SearchResult:
         """The host loop: every call's z/v pass through numpy. It defines the results (z, loss, history,
         early stopping) that device-resident loops (DeviceLoop below) must reproduce."""
-        hp = self.resolve(hp)
+        hp = self.check(hp.resolved())
         t0 = time.perf_counter()
         z = np.ascontiguousarray(z0, np.float32)
         v = np.zeros_like(z)
@@ -187,40 +213,21 @@ def in_fixed_parts(fixed: int, arrays: list[np.ndarray]) -> list[tuple[int, list
     return parts
 
 
-class FixedBatch:
-    """For backends whose graphs may have a static batch (`gcomp export --batch N`): generate() and search()
-    take any number of rows, run as parts of exactly N (the last one padded), so callers need not know.
-    Subclasses implement generate_rows / search_rows for arrays of the model's own batch."""
-
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        if not self.fixed_batch or len(z) == self.fixed_batch:
-            return self.generate_rows(z)
-        return np.concatenate([self.generate_rows(a)[:real] for real, (a,) in in_fixed_parts(self.fixed_batch, [z])])
-
-    def search(self, z0, y, w, hp: SearchParams, callback: ProgressFn | None = None) -> SearchResult:
-        if not self.fixed_batch or len(z0) == self.fixed_batch:
-            return self.search_rows(z0, y, w, hp, callback)
-        # Parts are searched one after the other; progress is reported for the first part's rows only.
-        results, t0 = [], time.perf_counter()
-        for k, (real, (zp, yp, wp)) in enumerate(in_fixed_parts(self.fixed_batch, [z0, y, w])):
-            cb = None if callback is None or k else (lambda i, z, real=real: callback(i, z[:real]))
-            results.append((real, self.search_rows(zp, yp, wp, hp, cb)))
-        longest = max(len(r.history) for _, r in results)
-        hist = np.zeros(longest)
-        for real, r in results:  # an image's mean loss holds its last value after its part stopped early
-            h = np.asarray(r.history or [0.0], float)
-            hist += real * np.concatenate([h, np.full(longest - len(h), h[-1])])
-        return SearchResult(z=np.concatenate([r.z[:real] for real, r in results]),
-                            loss=np.concatenate([r.loss[:real] for real, r in results]),
-                            history=(hist / len(z0)).tolist(), seconds=time.perf_counter() - t0)
-
-
-def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
-    """The step graph's inputs by name, contiguous float32 (what every ONNX-based backend feeds)."""
-    f32 = np.float32
-    return {"z": np.ascontiguousarray(z, f32), "v": np.ascontiguousarray(v, f32),
-            "y": np.ascontiguousarray(y, f32), "w": np.ascontiguousarray(w, f32),
-            "lr": np.array(lr, f32), "momentum": np.array(momentum, f32), "lam": np.array(lam, f32)}
+def search_in_parts(fixed: int, search, z0, y, w, hp: SearchParams, callback: ProgressFn | None = None) -> SearchResult:
+    """`search` (a backend's search_impl, which takes exactly `fixed` rows) over any number of rows: parts
+    searched one after the other, the last padded; progress is reported for the first part's rows only."""
+    results, t0 = [], time.perf_counter()
+    for k, (real, (zp, yp, wp)) in enumerate(in_fixed_parts(fixed, [z0, y, w])):
+        cb = None if callback is None or k else (lambda i, z, real=real: callback(i, z[:real]))
+        results.append((real, search(zp, yp, wp, hp, cb)))
+    longest = max(len(r.history) for _, r in results)
+    hist = np.zeros(longest)
+    for real, r in results:  # an image's mean loss holds its last value after its part stopped early
+        h = np.asarray(r.history or [0.0], float)
+        hist += real * np.concatenate([h, np.full(longest - len(h), h[-1])])
+    return SearchResult(z=np.concatenate([r.z[:real] for real, r in results]),
+                        loss=np.concatenate([r.loss[:real] for real, r in results]),
+                        history=(hist / len(z0)).tolist(), seconds=time.perf_counter() - t0)
 
 
 def split_batch(feed: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:

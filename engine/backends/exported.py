@@ -1,16 +1,35 @@
-"""What every backend of `gcomp export`'s ONNX files shares: finding them and checking their metadata."""
+"""The contract between `gcomp export` and the runtime: the files' names, the step graph's inputs and
+outputs, finding the files and checking their metadata. Every backend of exported files (onnxruntime,
+openvino, tensorrt) checks its model here, and the exporter names its graphs' inputs and outputs from here.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .base import BackendError, ModelInfo
+
+GENERATOR_FILE, STEP_FILE = "generator.onnx", "step.onnx"
+#: the step graph's inputs (z, v [B, zdim]; y [B, C, H, W]; w [B, 1 or C, H, W]; lr, momentum, lam 0-d)
+STEP_INPUTS = ("z", "v", "y", "w", "lr", "momentum", "lam")
+STEP_OUTPUTS = ("z_out", "v_out", "loss")
+GENERATOR_INPUT, GENERATOR_OUTPUT = "z", "image"
+
+
+def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
+    """The step graph's inputs by name, contiguous float32 (what every runtime of the graph is fed)."""
+    f32 = np.float32
+    return dict(zip(STEP_INPUTS, (np.ascontiguousarray(z, f32), np.ascontiguousarray(v, f32),
+                                  np.ascontiguousarray(y, f32), np.ascontiguousarray(w, f32),
+                                  np.array(lr, f32), np.array(momentum, f32), np.array(lam, f32))))
 
 
 def model_files(model: str | Path, suffix: str = ".onnx") -> tuple[Path, Path]:
     """(generator, step) files with `suffix` from an export folder or from either file's path."""
     p = Path(model)
     folder = p if p.is_dir() else p.parent
-    gen, step = folder / f"generator{suffix}", folder / f"step{suffix}"
+    gen, step = folder / (Path(GENERATOR_FILE).stem + suffix), folder / (Path(STEP_FILE).stem + suffix)
     missing = [f.name for f in (gen, step) if not f.is_file()]
     if missing:
         flag = " --trt" if suffix == ".engine" else ""

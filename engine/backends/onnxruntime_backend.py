@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, DeviceLoop, FixedBatch, SearchResult, split_batch, step_feed
-from .exported import export_info, model_files
+from .base import Backend, BackendError, DeviceLoop, SearchResult, split_batch
+from .exported import GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_OUTPUTS, export_info, model_files, step_feed
 
-
-STEP_OUTPUTS = ["z_out", "v_out", "loss"]
 MIN_PER_STREAM = 4  # below this many images per stream one session on all threads is faster (batch 1: 1.6x)
 
 
-class OnnxRuntimeBackend(FixedBatch, Backend):
+class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    options = ("threads", "streams", "cuda_graph", "io_binding")
 
     def __init__(self, model, device: str = "cpu", threads: int | None = None, streams: int | None = None,
                  cuda_graph: bool = True, io_binding: bool | None = None):
@@ -112,23 +111,23 @@ class OnnxRuntimeBackend(FixedBatch, Backend):
                                      "io_binding": self.on_cuda if self.io_binding is None else self.io_binding}
 
     # -- inference ---------------------------------------------------------------------------
-    def generate_rows(self, z: np.ndarray) -> np.ndarray:
-        return self.gen.run(["image"], {"z": np.ascontiguousarray(z, np.float32)})[0]
+    def generate_impl(self, z: np.ndarray) -> np.ndarray:
+        return self.gen.run([GENERATOR_OUTPUT], {GENERATOR_INPUT: np.ascontiguousarray(z, np.float32)})[0]
 
     def step(self, z, v, y, w, lr, momentum, lam):
         """One call of the step graph: `unroll` steps; loss is at the input z."""
         feed = step_feed(z, v, y, w, lr, momentum, lam)
         if self.n_streams == 1 or len(z) < MIN_PER_STREAM * self.n_streams:  # one session, every thread
-            return tuple(self.step_sess.run(STEP_OUTPUTS, feed))
+            return tuple(self.step_sess.run(list(STEP_OUTPUTS), feed))
         feeds = split_batch(feed, self.n_streams)
-        outs = list(self.pool.map(lambda sf: sf[0].run(STEP_OUTPUTS, sf[1]), zip(self.stream_sessions, feeds)))
+        outs = list(self.pool.map(lambda sf: sf[0].run(list(STEP_OUTPUTS), sf[1]), zip(self.stream_sessions, feeds)))
         return tuple(np.concatenate(part) for part in zip(*outs))  # ONNX Runtime releases the GIL in run()
 
-    def search_rows(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
+    def search_impl(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         bound = self.on_cuda if self.io_binding is None else self.io_binding
         if not bound:
-            return Backend.search(self, z0, y, w, hp, callback)  # the host loop
-        return self._search_bound(z0, y, w, self.resolve(hp), callback)
+            return self.host_search(z0, y, w, hp, callback)
+        return self._search_bound(z0, y, w, hp, callback)
 
     def _search_bound(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         """Device-resident loop: z/v ping-pong between two OrtValue pairs (call k reads pair k % 2 and

@@ -17,15 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, BackendError, FixedBatch, split_batch, step_feed
-from .exported import export_info, model_files, onnx_metadata
+from .base import Backend, BackendError, split_batch
+from .exported import GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_OUTPUTS, export_info, model_files, onnx_metadata, step_feed
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_has_native_bf16(flags_text: str | None = None) -> bool:
-    """True where the CPU computes bf16 natively (read from /proc/cpuinfo's flags)."""
+    """True where the CPU computes bf16 natively (read from /proc/cpuinfo's flags).
+
+    GCOMP_CPU_BF16=1 or 0 overrides what this machine's CPU says (tests simulate both kinds of CPU)."""
+    forced = os.environ.get("GCOMP_CPU_BF16", "").strip().lower()
+    if flags_text is None and forced in ("0", "1", "true", "false", "yes", "no"):
+        return forced in ("1", "true", "yes")
     if flags_text is None:
         try:
             flags_text = Path("/proc/cpuinfo").read_text()
@@ -60,8 +65,9 @@ def cache_dir_for(model_folder: Path) -> Path:
     return base / "gcomp" / "openvino"
 
 
-class OpenVINOBackend(FixedBatch, Backend):
+class OpenVINOBackend(Backend):
     name = "openvino"
+    options = ("precision", "threads", "streams")
 
     def __init__(self, model, device: str = "cpu", precision: str = "auto", threads: int | None = None,
                  streams: int | None = None):
@@ -120,12 +126,9 @@ class OpenVINOBackend(FixedBatch, Backend):
         return super().settings() | {"precision": self.precision, "threads": self.threads,
                                      "streams": self.n_streams}
 
-    def search_rows(self, z0, y, w, hp, callback=None):
-        return Backend.search(self, z0, y, w, hp, callback)  # the host loop
-
-    def generate_rows(self, z: np.ndarray) -> np.ndarray:
-        res = self.gen.infer({"z": np.ascontiguousarray(z, np.float32)})
-        return np.array(res["image"])
+    def generate_impl(self, z: np.ndarray) -> np.ndarray:
+        res = self.gen.infer({GENERATOR_INPUT: np.ascontiguousarray(z, np.float32)})
+        return np.array(res[GENERATOR_OUTPUT])
 
     def step(self, z, v, y, w, lr, momentum, lam):
         feeds = split_batch(step_feed(z, v, y, w, lr, momentum, lam), self.n_streams)
@@ -135,4 +138,4 @@ class OpenVINOBackend(FixedBatch, Backend):
         for req in reqs:
             req.wait()
         return tuple(np.concatenate([np.array(r.get_tensor(name).data) for r in reqs])
-                     for name in ("z_out", "v_out", "loss"))
+                     for name in STEP_OUTPUTS)

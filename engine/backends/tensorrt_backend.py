@@ -19,11 +19,9 @@ import time
 import numpy as np
 
 from ..search import SearchParams
-from .base import Backend, BackendError, DeviceLoop, FixedBatch, ModelInfo, SearchResult
-from .exported import model_files
-
-STEP_IN = ("z", "v", "y", "w", "lr", "momentum", "lam")
-STEP_OUT = ("z_out", "v_out", "loss")
+from .base import Backend, BackendError, DeviceLoop, SearchResult
+from .exported import GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_INPUTS, STEP_OUTPUTS, export_info, model_files
+from .tensorrt_plan import EngineMismatchError, TensorRTUnavailable, check_engine_header, import_tensorrt, read_engine
 
 
 def _cudart():
@@ -73,8 +71,9 @@ class DeviceArray:
             self.ptr = None
 
 
-class TensorRTBackend(FixedBatch, Backend):
+class TensorRTBackend(Backend):
     name = "tensorrt"
+    options = ("cuda_graph",)
 
     def __init__(self, model, device: str = "cuda", cuda_graph: bool = True):
         super().__init__()
@@ -84,8 +83,6 @@ class TensorRTBackend(FixedBatch, Backend):
         self.buffers: list[DeviceArray] = []
 
     def activate_impl(self) -> None:
-        from ...export.trt import EngineMismatchError, TensorRTUnavailable, check_engine_header, import_tensorrt, read_engine
-
         if not self.device_name.startswith("cuda"):
             raise BackendError("the tensorrt backend runs on a CUDA GPU: pass --device cuda[:N]")
         try:
@@ -111,12 +108,9 @@ class TensorRTBackend(FixedBatch, Backend):
             if engine is None:
                 raise BackendError(f"{path}: TensorRT could not deserialize the engine (see its log above)")
             self.engines[kind] = (engine, engine.create_execution_context(), header)
-        meta = self.engines["step"][2].get("metadata", {})
-        self.unroll = int(meta.get("unroll", 1))
-        batch = str(meta.get("batch", "dynamic"))
-        self.fixed_batch = int(batch) if batch.isdigit() else None
-        self.info = ModelInfo(size=int(meta["size"]), zdim=int(meta["zdim"]), channels=int(meta.get("channels", 3)),
-                              config_hash=str(meta.get("config_hash", "")), source=str(step_path.parent), meta=meta)
+        # the ONNX metadata each header carries, checked as every exported model is
+        self.info, self.unroll, self.fixed_batch = export_info(
+            gen_path, self.engines["generator"][2].get("metadata", {}), step_path, self.engines["step"][2].get("metadata", {}))
         self.stream = _ok(cudart.cudaStreamCreate())
 
     def deactivate_impl(self) -> None:
@@ -151,13 +145,13 @@ class TensorRTBackend(FixedBatch, Backend):
         if not ctx.execute_async_v3(self.stream):
             raise BackendError(f"TensorRT failed to run the {kind} engine")
 
-    def generate_rows(self, z: np.ndarray) -> np.ndarray:
+    def generate_impl(self, z: np.ndarray) -> np.ndarray:
         s, c = self.info.size, self.info.channels
         mark = len(self.buffers)
         try:
             zi, img = self._alloc(z.shape), self._alloc((len(z), c, s, s))
             zi.upload(z, self.stream)
-            self._run("generator", {"z": zi}, {"image": img})
+            self._run("generator", {GENERATOR_INPUT: zi}, {GENERATOR_OUTPUT: img})
             return img.download(self.stream)
         finally:
             self._release(mark)
@@ -165,7 +159,7 @@ class TensorRTBackend(FixedBatch, Backend):
     def _step_buffers(self, z, v, y, w, lr, momentum, lam):
         ins = {"z": self._alloc(z.shape), "v": self._alloc(v.shape), "y": self._alloc(y.shape), "w": self._alloc(w.shape),
                "lr": self._alloc(()), "momentum": self._alloc(()), "lam": self._alloc(())}
-        for name, val in zip(STEP_IN, (z, v, y, w, np.float32(lr), np.float32(momentum), np.float32(lam))):
+        for name, val in zip(STEP_INPUTS, (z, v, y, w, np.float32(lr), np.float32(momentum), np.float32(lam))):
             ins[name].upload(np.asarray(val, np.float32), self.stream)
         return ins
 
@@ -175,12 +169,11 @@ class TensorRTBackend(FixedBatch, Backend):
             ins = self._step_buffers(z, v, y, w, lr, momentum, lam)
             outs = {"z_out": self._alloc(z.shape), "v_out": self._alloc(v.shape), "loss": self._alloc((len(z),))}
             self._run("step", ins, outs)
-            return tuple(outs[n].download(self.stream) for n in STEP_OUT)
+            return tuple(outs[n].download(self.stream) for n in STEP_OUTPUTS)
         finally:
             self._release(mark)
 
-    def search_rows(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
-        hp = self.resolve(hp)
+    def search_impl(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         mark = len(self.buffers)
         try:
             return self._search_device(z0, y, w, hp, callback)

@@ -1,9 +1,10 @@
 """The PyTorch backend: a checkpoint on CPU or CUDA, through one of two loops.
 
-* the reference (engine/reference.py): autograd, momentum or Adam; the oracle every other path is tested
+* the reference (train/reference.py): autograd, momentum or Adam; the oracle every other path is tested
   against, and the default on CPU in fp32.
-* the fast path: export/adjoint.py's StepModule (BatchNorm folded, gradient written by hand, no autograd,
-  so one step is capturable as a CUDA graph) with z/v kept on the device. It runs the seed's momentum only.
+* the fast path: train/adjoint.py's StepModule, the module `gcomp export` traces into step.onnx (BatchNorm
+  folded, gradient written by hand, no autograd, so one step is capturable as a CUDA graph) with z/v kept
+  on the device. It runs the seed's momentum only.
   On CUDA one step is captured once per batch shape and settings (static buffers) and replayed.
 
 Precisions: fp32 (true fp32, TF32 off), tf32 (CUDA: cuBLAS/cuDNN TensorFloat-32 for matmuls and convs),
@@ -24,7 +25,11 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class TorchBackend(Backend):
+    """The only part of the runtime that imports torch and gcomp.train, and only when activated."""
+
     name = "torch"
+    options = ("precision", "fast", "cuda_graph")
+    optimizers = ("momentum", "adam")
 
     def __init__(self, checkpoint, device: str = "cpu", precision: str = "fp32", fast: bool | None = None,
                  cuda_graph: bool = True):
@@ -53,14 +58,17 @@ class TorchBackend(Backend):
             raise BackendError("the torch backend needs PyTorch: pip install 'gcomp[train]' "
                                "(on CPU-only machines: pip install torch==2.13.0 first)") from None
 
-        from ...train.checkpoint import load_models
+        from ...train.checkpoint import CheckpointError, load_models
 
         if self.device_name.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {self.device_name}: PyTorch sees no CUDA GPU here")
         self.torch = torch
         self.device = torch.device(self.device_name)
         self.on_cuda = self.device.type == "cuda"
-        cfg, self.G, self.D = load_models(self.checkpoint, self.device)
+        try:
+            cfg, self.G, self.D = load_models(self.checkpoint, self.device)
+        except CheckpointError as e:  # the runtime reports model problems as BackendError, whatever the backend
+            raise BackendError(str(e)) from None
         for p in list(self.G.parameters()) + list(self.D.parameters()):
             p.requires_grad_(False)
         self.info = ModelInfo(size=cfg.size, zdim=cfg.zdim, channels=cfg.channels,
@@ -68,7 +76,7 @@ class TorchBackend(Backend):
         self.use_fast = self.fast if self.fast is not None else (self.on_cuda or self.precision == "bf16")
         self.stepper = self._graph = None
         if self.use_fast:
-            from ...export.adjoint import StepModule
+            from ...train.adjoint import StepModule
 
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self.stepper = StepModule(self.G, self.D, compute_dtype=dtype).to(self.device).eval()
@@ -110,12 +118,12 @@ class TorchBackend(Backend):
     def _t(self, a: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device)
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
+    def generate_impl(self, z: np.ndarray) -> np.ndarray:
         with self._scope(), self.torch.no_grad():
             return self.G(self._t(z)).cpu().numpy()
 
     def step(self, z, v, y, w, lr, momentum, lam):
-        from ..reference import loss_and_grad, momentum_step
+        from ...train.reference import loss_and_grad, momentum_step
 
         with self._scope():
             if self.use_fast:
@@ -127,15 +135,14 @@ class TorchBackend(Backend):
             zt, vt = momentum_step(zt, vt, grad, lr, momentum)
             return zt.cpu().numpy(), vt.cpu().numpy(), loss.cpu().numpy()
 
-    def search(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
-        hp = hp.resolved()
+    def search_impl(self, z0, y, w, hp: SearchParams, callback=None) -> SearchResult:
         if self.use_fast and hp.optimizer == "momentum":
             with self._scope(), self.torch.no_grad():
                 return self._search_fast(z0, y, w, hp, callback)
         if self.precision == "bf16":
             raise BackendError(f"--precision bf16 runs the momentum fast path only; {hp.optimizer} runs on the "
                                "fp32 reference loop (leave --precision out)")
-        from ..reference import search
+        from ...train.reference import search
 
         t0 = time.perf_counter()
         cb = None if callback is None else (lambda i, z, loss: callback(i, z.cpu().numpy()))

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .search import EarlyStop, SearchParams
+from ..engine.search import EarlyStop, SearchParams
 
 
 def completion_loss(G, D, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float):

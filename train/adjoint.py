@@ -1,7 +1,7 @@
 """The completion step with its gradient written by hand, so it exports to ONNX (DESIGN.md 3, option (a)).
 
 `torch.autograd.grad` inside a forward does not export, so `StepModule` writes the backward pass of
-L(z) = sum |w * (G(z) - y)| + lam * softplus(-D(G(z)))  (engine/reference.py's completion_loss)
+L(z) = sum |w * (G(z) - y)| + lam * softplus(-D(G(z)))  (train/reference.py's completion_loss)
 explicitly:
 
 * BatchNorm (eval, running statistics) is folded into the preceding layer: s = gamma / sqrt(var + eps)
@@ -10,7 +10,7 @@ explicitly:
 * backward: the transpose of a stride-2 conv is a conv_transpose with the same weight (output_padding 1),
   the transpose of a conv_transpose is a conv with the same weight; tanh' = 1 - x^2;
   d softplus(-l)/dl = -sigmoid(-l); d|r|/dr = sign(r) (0 at 0, as autograd).
-* then the seed's projected Nesterov update (engine/reference.py momentum_step), K times when unrolled.
+* then the seed's projected Nesterov update (train/reference.py momentum_step), K times when unrolled.
 
 Precision: the network (folded weights, convs, masks, backward) runs in `dtype` (float32, float16 or
 bfloat16); the graph's inputs and outputs, the contextual term |w * (x - y)| with its sign, the loss, the
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..train.model import LRELU_SLOPE, PAD, STRIDE, Discriminator, Generator
+from .model import LRELU_SLOPE, PAD, STRIDE, Discriminator, Generator
 
 _CONV = dict(stride=STRIDE, padding=PAD)
 _CONVT = dict(stride=STRIDE, padding=PAD, output_padding=1)

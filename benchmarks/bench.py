@@ -17,8 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from .masks import make_mask
-from .search import momentum_update
+from ..engine.api import open_model
+from ..engine.backends import backend_class
+from ..engine.masks import make_mask
+from ..engine.search import SearchParams, momentum_update
 
 BASELINE_BATCH = 64
 PAUSE_S = 0.2  # interleaved runs: ONNX Runtime's and OpenVINO's idle worker threads spin for a while
@@ -141,16 +143,17 @@ def seed_loop_run(checkpoint, device: str = "cpu") -> Run:
         import torch
 
         from ..train.checkpoint import load_models
-        from .reference import loss_and_grad
+        from ..train.reference import loss_and_grad
 
         cfg, G, D = load_models(checkpoint, device)
+        hp = SearchParams.seed()
         z, y, w = synthetic_inputs(BASELINE_BATCH, cfg.size, cfg.zdim)
         yt, wt = torch.from_numpy(y).to(device), torch.from_numpy(w).to(device)
         state = [z, np.zeros_like(z)]
 
         def call():
-            _, g = loss_and_grad(G, D, torch.from_numpy(state[0]).to(device), yt, wt, 0.1)
-            state[0], state[1] = momentum_update(state[0], state[1], g.cpu().numpy(), 0.01, 0.9)
+            _, g = loss_and_grad(G, D, torch.from_numpy(state[0]).to(device), yt, wt, hp.lam)
+            state[0], state[1] = momentum_update(state[0], state[1], g.cpu().numpy(), hp.lr, hp.momentum)
 
         return call, lambda: None
 
@@ -158,18 +161,21 @@ def seed_loop_run(checkpoint, device: str = "cpu") -> Run:
 
 
 def backend_run(open_be: Callable, timing: Timing) -> Run:
-    """A backend through its step() contract; timing.steps_per_call is set from its unroll when opened."""
+    """A model opened with gcomp.open_model, timed through its backend's step() contract; timing.steps_per_call
+    is set from its unroll when opened."""
 
     def opener():
-        be = open_be().activate()
+        model = open_be()
+        be = model.backend
         z, y, w = synthetic_inputs(timing.batch, be.info.size, be.info.zdim)
         state = [z, np.zeros_like(z)]
         timing.steps_per_call = getattr(be, "unroll", 1)
+        hp = SearchParams.seed()
 
         def call():
-            state[0], state[1], _ = be.step(state[0], state[1], y, w, 0.01, 0.9, 0.1)
+            state[0], state[1], _ = be.step(state[0], state[1], y, w, hp.lr, hp.momentum, hp.lam)
 
-        return call, be.deactivate
+        return call, model.close
 
     return Run(timing, opener)
 
@@ -218,11 +224,7 @@ def time_runs(runs: list[Run], iters: int, warmup: int, rounds: int = 1, log=pri
 
 def settings_grid(backend: str, threads=(None,), streams=(None,)) -> list[dict]:
     """The thread / stream settings to try for a backend: those it takes, every combination."""
-    import inspect
-
-    from .backends import backend_class
-
-    takes = inspect.signature(backend_class(backend).__init__).parameters
+    takes = backend_class(backend).options
     grid = [{}]
     for key, values in (("threads", threads), ("streams", streams)):
         values = [v for v in values if v is not None]
@@ -242,7 +244,6 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
     """
     from ..train.checkpoint import load_models, save
     from ..train.model import ModelConfig, build
-    from .backends import open_backend
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="gcomp-bench-"))
     if model is None:  # timings do not depend on the weights: the default architecture, random init
@@ -275,7 +276,8 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
                     timing = Timing(f"{name} {prec} b{b}{' ' + label if label else ''}", name, b, prec, device,
                                     settings=setting)
                     runs.append(backend_run(
-                        lambda t=target, n=name, o={**options, **setting}: open_backend(t, n, device, **o), timing))
+                        lambda t=target, n=name, o={**options, **setting}: open_model(t, backend=n, device=device, **o),
+                        timing))
     time_runs(runs, iters, warmup, rounds, log)
     timings = [r.timing for r in runs]
     timings[0].summarize(iters, flops, _peak(device, "fp32", machine["gpu"]), None)

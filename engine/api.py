@@ -1,0 +1,188 @@
+"""gcomp's public Python API: open a model once, complete numpy arrays and files with it.
+
+    import gcomp
+    with gcomp.open_model() as model:                       # the bundled face model, ONNX Runtime, CPU
+        out = model.complete(rgb, "center")                 # HxWx3 uint8 RGB in, the same out
+        summary = model.complete_files("faces/", "out/")    # what `gcomp complete faces/ out/` runs
+
+`gcomp complete`, `gcomp eval`, the Ray driver and the benchmarks all run through it. Opening a model
+activates its backend once and reads the model's recommended search settings (its metadata `defaults`)
+once: every completion fills the settings it is not given from those, then from the seed's.
+Masks: a kind ("center", "random:0.5", ... see gcomp.engine.masks.KINDS), or an HxW array whose nonzero
+(True, white) pixels are the hole to fill, as in mask files (white = fill).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import images
+from .backends import Backend, BackendError, open_backend
+from .batch import complete_batch
+from .encoder import Encoder, load_encoder
+from .jobs import Item, Summary
+from .masks import MaskSpec
+from .options import CompleteOptions
+from .prepare import Prepared, prepare_image
+from .search import SearchParams
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+Mask = str | np.ndarray
+
+
+def default_model() -> Path:
+    """The model that ships inside the package (ONNX, runs without torch)."""
+    if not (DEFAULT_MODEL / "step.onnx").is_file():
+        raise BackendError(f"no --model given and the bundled model is missing from {DEFAULT_MODEL}: "
+                           "train one with `gcomp train DATA --out RUN` and pass --model RUN")
+    return DEFAULT_MODEL
+
+
+def open_model(model: str | os.PathLike | None = None, *, backend: str = "auto", device: str = "cpu",
+               precision: str | None = None, threads: int | None = None, streams: int | None = None,
+               cuda_graph: bool | None = None, **backend_options) -> "Model":
+    """Open `model` (None: the bundled one; a checkpoint, an export folder, a .onnx or .engine file) on
+    `backend` (auto: by the model's file type) and `device`. Options a backend does not take are refused
+    (BackendError); None means the backend's default. Close it with close() or a `with` block."""
+    source = default_model() if model is None else Path(model)
+    given = {"precision": precision, "threads": threads, "streams": streams, "cuda_graph": cuda_graph, **backend_options}
+    be = open_backend(source, backend, device, **{k: v for k, v in given.items() if v is not None})
+    return Model(be, source, device)
+
+
+class Model:
+    """An open model: its activated backend, its recommended search settings and its encoder."""
+
+    def __init__(self, backend: Backend, source: str | os.PathLike | None = None, device: str = "cpu",
+                 owned: bool = True):
+        self.backend = backend.activate()
+        self.owned = owned  # close() deactivates a backend this Model activated, not one it was handed
+        self.source = Path(source) if source is not None else Path(backend.info.source)
+        self.device = device
+        self.info = backend.info
+        #: the model's recommended search settings (metadata `defaults`), read once here
+        self.recommended = _defaults(backend.info.meta.get("defaults"))
+        self._encoders: dict[str, Encoder | None] = {}
+
+    # -- settings --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def notes(self) -> list[str]:
+        """Choices the backend made at activation (precision under auto, ...), one line each."""
+        return self.backend.notes
+
+    def settings(self, search: SearchParams | None = None) -> SearchParams:
+        """`search` with what it leaves as None filled from this model's recommendation, then the seed's."""
+        return (search or SearchParams()).resolved(self.recommended)
+
+    def options(self, options: CompleteOptions | None = None, **settings) -> CompleteOptions:
+        """Complete job options for this model: `settings` (CompleteOptions or SearchParams fields) applied,
+        the search settings resolved."""
+        opts = (options or CompleteOptions()).with_settings(**settings) if settings else (options or CompleteOptions())
+        return replace(opts, search=self.settings(opts.search))
+
+    def encoder(self, init: str = "auto") -> Encoder | None:
+        """The starting-latent encoder for `init` (auto: the model's encoder.onnx if it has one)."""
+        if init not in self._encoders:
+            self._encoders[init] = load_encoder(self.source, self.info, init)
+        return self._encoders[init]
+
+    # -- arrays ----------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, mask: Mask = "center", *, name: str = "image",
+                options: CompleteOptions | None = None) -> Prepared:
+        """One HxWx3 uint8 RGB array ready for `complete_prepared`. `name` seeds its random mask and
+        latents as a file's relative path does in `gcomp complete`."""
+        opts = options or CompleteOptions()
+        rgb = _check_rgb(image)
+        spec = MaskSpec.parse(mask) if isinstance(mask, str) else _known(mask, rgb.shape[:2])
+        return prepare_image(Item(Path(name), name, Path(name)), images.Image(rgb, rgb), spec, self.size,
+                             opts.seed, opts.search.weighted, opts.face, rgb_out=True)
+
+    def complete_prepared(self, batch: list[Prepared], options: CompleteOptions | None = None,
+                          on_progress: Callable[[int, np.ndarray], None] | None = None) -> tuple[list[np.ndarray], dict]:
+        """The search, best restart, blend and composite for one batch: (images, stats)."""
+        opts = self.options(options)
+        return complete_batch(self.backend, batch, opts, on_progress, self.encoder(opts.init))
+
+    def complete(self, image: np.ndarray, mask: Mask = "center", *, name: str = "image",
+                 options: CompleteOptions | None = None, **settings) -> np.ndarray:
+        """Complete one HxWx3 uint8 RGB image; returns the completed HxWx3 uint8 RGB image (known pixels
+        untouched). settings: CompleteOptions / SearchParams fields, e.g. iters=50, blend="poisson"."""
+        return self.complete_many([image], mask, names=[name], options=options, **settings)[0]
+
+    def complete_many(self, images_: Sequence[np.ndarray], masks: Mask | Sequence[Mask] = "center", *,
+                      names: Sequence[str] | None = None, options: CompleteOptions | None = None,
+                      **settings) -> list[np.ndarray]:
+        """Complete a list of RGB images, searched in batches of options.batch_size: one mask for all or
+        one per image; names default to "000000", "000001", ..."""
+        opts = self.options(options, **settings)
+        n = len(images_)
+        names = list(names) if names is not None else [f"{i:06d}" for i in range(n)]
+        per_image = not isinstance(masks, (str, np.ndarray))
+        if len(names) != n or (per_image and len(masks) != n):
+            raise ValueError(f"{n} images need {n} names and masks")
+        prepared = [self.prepare(im, masks[i] if per_image else masks, name=names[i], options=opts)
+                    for i, im in enumerate(images_)]
+        outs: list[np.ndarray] = []
+        for lo in range(0, n, opts.batch_size):
+            outs += self.complete_prepared(prepared[lo:lo + opts.batch_size], opts)[0]
+        return outs
+
+    # -- files -----------------------------------------------------------------------------------
+    def complete_files(self, input: str | os.PathLike, output: str | os.PathLike,
+                       options: CompleteOptions | None = None, *, progress: bool = False,
+                       log: Callable[[str], None] | None = None, **settings) -> Summary:
+        """Complete an image file or every image under a folder into `output` (what `gcomp complete` runs):
+        same relative names and formats, resumable, a gcomp-summary.json. Returns the Summary."""
+        from .complete import run_files
+
+        opts = (options or CompleteOptions()).with_settings(**settings) if settings else (options or CompleteOptions())
+        return run_files(self, input, output, opts, progress=progress, log=log)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.owned:
+            self.backend.deactivate()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.source)!r}, backend={self.name!r}, size={self.size})"
+
+
+def _defaults(d) -> dict:
+    import json
+
+    return json.loads(d) if isinstance(d, str) else dict(d or {})
+
+
+def _check_rgb(image) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {a.dtype} {a.shape}")
+    return a
+
+
+def _known(mask, shape: tuple[int, int]) -> np.ndarray:
+    """A hole mask array (nonzero = fill) -> 1 = known, the convention inside gcomp."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[:, :, 0]
+    if m.shape != tuple(shape):
+        raise ValueError(f"the mask is {m.shape}, the image {tuple(shape)}: they must be the same size")
+    return (m == 0).astype(np.float32)

@@ -1,0 +1,94 @@
+"""The per-batch work every driver runs: the latent search, the best restart, pasting and blending the fill."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from . import images
+from .backends import Backend
+from .blend import blend
+from .encoder import Encoder
+from .jobs import PROGRESS_DIR
+from .masks import image_rng
+from .options import CompleteOptions
+from .prepare import Prepared
+
+PROGRESS_EVERY = 50  # the seed writes its snapshots every 50 iterations too
+
+
+def initial_latents(keys: list[str], restarts: int, zdim: int, seed: int) -> np.ndarray:
+    """[B * R, zdim], image-major: each image's R starting points come from its own name."""
+    return np.stack([image_rng(seed, k, stream=2 + r).uniform(-1, 1, zdim).astype(np.float32)
+                     for k in keys for r in range(restarts)])
+
+
+def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOptions,
+                   on_progress: Callable[[int, np.ndarray], None] | None = None,
+                   encoder: Encoder | None = None) -> tuple[list[np.ndarray], dict]:
+    """Search, pick the best restart, blend, composite. Returns each image in its original layout
+    (an in-memory array: RGB). opts.search is used as given (gcomp.open_model fills in the model's
+    recommended settings). With an encoder, each image's first start is the encoder's latent; further
+    restarts are random."""
+    info = backend.info
+    n, R = len(batch), opts.restarts
+    keys = [p.item.key for p in batch]
+    y = np.stack([p.y for p in batch])
+    w = np.stack([p.w for p in batch])
+    z0 = initial_latents(keys, R, info.zdim, opts.seed)
+    if encoder is not None:
+        z0.reshape(n, R, -1)[:, 0] = encoder(y, np.stack([p.known_small for p in batch]))
+    yR, wR = np.repeat(y, R, 0), np.repeat(w, R, 0)
+    cb = None
+    if on_progress is not None:
+        cb = lambda i, z: on_progress(i, z[::R])  # noqa: E731 (each image's first start)
+    res = backend.search(z0, yR, wR, opts.search, cb)
+    loss = res.loss.reshape(n, R)
+    best = loss.argmin(1)
+    z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
+    x = backend.generate(z_best)
+    outs = []
+    for p, xi in zip(batch, x):
+        fill = paste_fill(p, images.from_model_output(xi))
+        fill = blend(p.image.rgb, fill, p.known, opts.blend)
+        if p.rgb_out:
+            outs.append(np.where(p.known.astype(bool)[:, :, None], p.image.rgb, fill))
+        else:
+            outs.append(images.composite(p.image.original, fill, p.known))
+    stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": res.seconds,
+             "history": res.history}
+    return outs, stats
+
+
+def paste_fill(p: Prepared, gen: np.ndarray) -> np.ndarray:
+    """G's image at model size -> a full-resolution fill (resized into the face crop, if any)."""
+    h, w = p.image.shape
+    if p.box is None:
+        return gen if gen.shape[:2] == (h, w) else cv2.resize(gen, (w, h), interpolation=cv2.INTER_CUBIC)
+    x, y, side = p.box
+    fill = p.image.rgb.copy()
+    fill[y:y + side, x:x + side] = cv2.resize(gen, (side, side), interpolation=cv2.INTER_CUBIC)
+    return fill
+
+
+def progress_grid(batch: list[Prepared], x: np.ndarray) -> np.ndarray:
+    """Each image's current completion at model size, like the seed's hats_imgs snapshots."""
+    tiles = []
+    for p, xi in zip(batch, x):
+        k = p.known_small
+        tiles.append(images.from_model_output(k * p.y + (1 - k) * xi))
+    return images.grid(tiles, cols=min(8, len(tiles)))
+
+
+def progress_writer(be: Backend, batch: list[Prepared], out_dir: Path, batch_no: int, iters: int):
+    """An on_progress callback writing snapshot grids to OUT/_gcomp_progress/batch_NNNNN/ (--save-progress)."""
+    folder = out_dir / PROGRESS_DIR / f"batch_{batch_no:05d}"
+
+    def on_progress(i: int, z: np.ndarray) -> None:
+        if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == iters:
+            x = be.generate(z[: len(batch)])
+            images.write_rgb(folder / f"iter_{i + 1:05d}.png", progress_grid(batch, x))
+
+    return on_progress

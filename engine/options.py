@@ -1,0 +1,47 @@
+"""A completion job's settings besides the model: the mask, the search, restarts, blending, seeding."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from .blend import BLENDS
+from .faces import FACE_MODES
+from .search import SearchParams
+
+
+@dataclass(frozen=True)
+class CompleteOptions:
+    mask: str = "center"
+    search: SearchParams = field(default_factory=SearchParams)
+    batch_size: int = 64
+    restarts: int = 1
+    blend: str = "none"
+    seed: int = 0
+    overwrite: bool = False
+    save_progress: bool = False
+    shard: tuple[int, int] = (0, 1)  # (k, n): this process does the k-th of n parts
+    workers: int = 4  # decode / encode threads
+    face: str = "auto"  # auto: photos larger than the model are cropped around the face found in them
+    init: str = "auto"  # starting latent: auto (the model's encoder if it has one), encoder, random
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.restarts < 1:
+            raise ValueError("batch size and restarts must be >= 1")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.face not in FACE_MODES:
+            raise ValueError(f"face must be one of {FACE_MODES}, got {self.face!r}")
+        k, n = self.shard
+        if not (n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
+
+    def with_settings(self, **settings) -> "CompleteOptions":
+        """These options with some fields replaced; search fields (iters, lr, lam, ...) may be given directly:
+        `opts.with_settings(iters=50, blend="poisson")`."""
+        search_keys = {f.name for f in fields(SearchParams)}
+        own = {k: v for k, v in settings.items() if k not in search_keys}
+        search = {k: v for k, v in settings.items() if k in search_keys}
+        unknown = set(own) - {f.name for f in fields(CompleteOptions)}
+        if unknown:
+            raise TypeError(f"unknown setting(s) {sorted(unknown)}")
+        base = own.pop("search", self.search)
+        return replace(self, **own, search=replace(base, **search))

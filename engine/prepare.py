@@ -1,0 +1,61 @@
+"""Preparing one image for the search: read it, find the face in a photo, draw its mask, make the
+model-size target and context weights. Files and in-memory arrays go through the same steps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import images
+from .faces import find_face
+from .jobs import Item
+from .masks import MaskError, MaskSpec, context_weights, to_model_size
+
+
+@dataclass
+class Prepared:
+    item: Item
+    image: images.Image
+    known: np.ndarray  # full resolution, 1 = known
+    y: np.ndarray  # [C, S, S] in [-1, 1]
+    w: np.ndarray  # [1, S, S] context weights
+    known_small: np.ndarray | None = None  # [1, S, S]: the mask the search sees (1 = known)
+    box: tuple[int, int, int] | None = None  # (x, y, side): the face crop the search sees, if any
+    rgb_out: bool = False  # an in-memory RGB array: the result is RGB too (a file keeps its own layout)
+
+
+def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str = "off",
+            log: Callable[[str], None] | None = None) -> Prepared:
+    """A file: read it, then `prepare_image`."""
+    return prepare_image(item, images.read(item.path), spec, size, seed, weighted, face, log)
+
+
+def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, size: int, seed: int,
+                  weighted: bool, face: str = "off", log: Callable[[str], None] | None = None,
+                  rgb_out: bool = False) -> Prepared:
+    """mask: a MaskSpec (kinds are drawn per image from `seed` and item.key), or a full-resolution array,
+    1 = known. With face="auto", a mask kind on an image larger than the model applies to the face crop."""
+    h, w = image.shape
+    box = None
+    is_kind = isinstance(mask, MaskSpec) and mask.kind is not None
+    if face == "auto" and is_kind and max(h, w) > size:
+        box = find_face(image.rgb)
+        if box is None and log is not None:
+            log(f"note: {item.key}: no face found; completing the whole image")
+    if isinstance(mask, np.ndarray):
+        known = mask.astype(np.float32)
+        region = image.rgb
+    elif box is None:
+        known = mask.known(item.key, image.shape, size, seed)
+        region = image.rgb
+    else:
+        x, y, side = box
+        known = np.ones((h, w), np.float32)  # the mask kind applies to the face crop
+        known[y:y + side, x:x + side] = mask.known(item.key, (side, side), size, seed)
+        region = image.rgb[y:y + side, x:x + side]
+    small = to_model_size(known if box is None else known[box[1]:box[1] + box[2], box[0]:box[0] + box[2]], size)
+    if small.min() == 1:
+        raise MaskError(f"{item.key}: the mask leaves nothing to fill")
+    return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
+                    w=context_weights(small, weighted)[None], known_small=small[None], box=box, rgb_out=rgb_out)
