@@ -13,11 +13,11 @@ def train_encoder(
     checkpoint: Path = typer.Argument(..., help="The generator's checkpoint (.pt or run folder)."),
     data: List[Path] = typer.Argument(..., help="Image folders and/or tar shards (the generator's training data)."),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder: encoder.onnx is written beside step.onnx."),
-    steps: int = typer.Option(1000, "--steps"),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or fp16 / bf16 weight storage (half the file)."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine schedule to 0)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the init, the data order and the masks."),
+    precision: str = typer.Option("fp32", "--precision", help="Weight storage: fp32, fp16 or bf16 (half the file); computed in fp32."),
 ):
     """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
     try:

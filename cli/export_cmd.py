@@ -8,6 +8,9 @@ import typer
 
 from .errors import fail
 
+from ..engine.search import EXPORT_RECOMMENDED
+
+RECOMMEND_DEFAULT = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in EXPORT_RECOMMENDED.items())
 PRECISION_HELP = ("fp32 | fp16 (weights and network compute in fp16) | bf16 (weights stored as bf16, compute fp32). "
                   "Graph inputs/outputs are float32 for every precision.")
 
@@ -21,6 +24,12 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (18-23; the exporter's native opset is 18)."),
     trt: bool = typer.Option(False, "--trt", help="Also build generator.engine and step.engine with TensorRT or TensorRT-RTX."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the comparison with the PyTorch reference."),
+    recommend: str = typer.Option("", "--recommend", show_default=RECOMMEND_DEFAULT,
+                                  help="The search settings the model recommends (metadata defaults, used when a "
+                                  "completion gives none): KEY=VALUE,... over the default (iters, lr, momentum, lam, optimizer, patience)."),
+    description: str = typer.Option("", "--description", show_default="the architecture and the checkpoint's name",
+                                    help="Free text stored in the metadata."),
+    license: str = typer.Option("", "--license", show_default="unspecified", help="The model's licence, stored in the metadata."),
 ):
     """Export a checkpoint so the runtime completes images without PyTorch."""
     try:
@@ -30,6 +39,7 @@ def export(
                    "(on CPU-only machines: pip install torch==2.13.0 first)") from None
     import time
 
+    from ..export.metadata import parse_recommend
     from ..export.onnx_export import check_options, export_model
     from ..export.trt import EngineMismatchError, TensorRTUnavailable
     from ..export.validate import ValidationError
@@ -37,6 +47,7 @@ def export(
 
     try:
         check_options(precision, batch, unroll, opset)
+        parse_recommend(recommend)
         ckpt = resolve(checkpoint)
     except (ValueError, CheckpointError) as e:  # CheckpointError is a ValueError
         raise fail(str(e)) from None
@@ -45,7 +56,8 @@ def export(
     t0 = time.perf_counter()
     try:
         result = export_model(ckpt, out_dir, precision=precision, batch=batch, unroll=unroll, opset=opset,
-                              trt=trt, validate=not no_validate, log=typer.echo)
+                              trt=trt, validate=not no_validate, log=typer.echo, recommend=recommend or None,
+                              description=description or None, license=license or None)
     except CheckpointError as e:
         raise fail(str(e)) from None
     except ValidationError as e:

@@ -44,12 +44,16 @@ def default_model() -> Path:
 
 def open_model(model: str | os.PathLike | None = None, *, backend: str = "auto", device: str = "cpu",
                precision: str | None = None, threads: int | None = None, streams: int | None = None,
-               cuda_graph: bool | None = None, **backend_options) -> "Model":
-    """Open `model` (None: the bundled one; a checkpoint, an export folder, a .onnx or .engine file) on
-    `backend` (auto: by the model's file type) and `device`. Options a backend does not take are refused
-    (BackendError); None means the backend's default. Close it with close() or a `with` block."""
+               cuda_graph: bool | None = None, allow_unvalidated: bool = False, **backend_options) -> "Model":
+    """Open `model` (None: the bundled one; a checkpoint, an export folder, or its generator/step file) on
+    `backend` (auto: by the model's file type) and `device` (cpu, cuda, cuda:N). Options a backend does not
+    take are refused (BackendError); None means the backend's default. An export whose validation failed
+    (validation.json "ok": false) is refused unless allow_unvalidated (then a warning is in `notes`), and so
+    are graphs or an encoder exported from different checkpoints. Close it with close() or a `with` block."""
     source = default_model() if model is None else Path(model)
     given = {"precision": precision, "threads": threads, "streams": streams, "cuda_graph": cuda_graph, **backend_options}
+    if allow_unvalidated:
+        given["allow_unvalidated"] = True
     be = open_backend(source, backend, device, **{k: v for k, v in given.items() if v is not None})
     return Model(be, source, device)
 
@@ -144,7 +148,9 @@ class Model:
                        options: CompleteOptions | None = None, *, progress: bool = False,
                        log: Callable[[str], None] | None = None, **settings) -> Summary:
         """Complete an image file or every image under a folder into `output` (what `gcomp complete` runs):
-        same relative names and formats, resumable, a gcomp-summary.json. Returns the Summary."""
+        same relative names and formats, resumable, a gcomp-summary.json (none for one image whose `output` is an
+        image path). Refused before any work (nothing created): an output equal to, inside or around the input,
+        a bad mask, an unwritable output. Returns the Summary."""
         from .complete import run_files
 
         opts = (options or CompleteOptions()).with_settings(**settings) if settings else (options or CompleteOptions())

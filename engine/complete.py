@@ -18,7 +18,8 @@ from . import images
 from .backends import Backend
 from .batch import complete_batch, progress_writer
 from .images import ImageError
-from .jobs import Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, start_writing
+from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, single_image_job,
+                   start_writing)
 from .masks import MaskError
 from .options import CompleteOptions
 from .prepare import Prepared, prepare
@@ -40,12 +41,12 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     log = log or (lambda msg: print(msg, file=sys.stderr))
     src, dst, spec, out_dir = check_job(input, output, opts)
     t0 = time.perf_counter()
-    tag = start_writing(out_dir, opts)
     be = model.backend
-    for note in model.notes:
-        log(f"note: {note}")
     opts = model.options(opts)
     encoder = model.encoder(opts.init)
+    tag = start_writing(out_dir, opts)  # every check has passed: the output folder is created here
+    for note in model.notes:
+        log(note if note.startswith("warning:") else f"note: {note}")
     summary = Summary(settings=job_settings(src, dst, model.source, be.name, model.device, spec, opts,
                                             str(encoder.path) if encoder else None, be.settings()))
     todo, summary.skipped = list_todo(src, dst, opts)
@@ -97,7 +98,7 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     finally:
         pool.shutdown(wait=True)
         bar.close()
-    return finish_summary(summary, out_dir, opts, t0)
+    return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
 
 
 def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | None = None, *,

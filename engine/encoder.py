@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends.base import BackendError, ModelInfo
+from .backends.exported import WEIGHTS_KEY
 
 ENCODER_FILE = "encoder.onnx"
 INITS = ("auto", "encoder", "random")
@@ -37,6 +38,10 @@ class Encoder:
         if info.config_hash and meta.get("config_hash") != info.config_hash:
             raise BackendError(f"{path}: the encoder was trained for another generator (config hash "
                                f"{meta.get('config_hash')} vs {info.config_hash}); use --init random")
+        theirs, ours = meta.get(WEIGHTS_KEY), info.meta.get(WEIGHTS_KEY)
+        if (theirs is not None or ours is not None) and theirs != ours:
+            raise BackendError(f"{path}: the encoder was trained for another checkpoint's generator (weights ids "
+                               f"{theirs} vs {ours}); use --init random, or train one for this model")
 
     def __call__(self, y: np.ndarray, known: np.ndarray) -> np.ndarray:
         z = self.session.run(["z"], {"image": np.ascontiguousarray(y, np.float32),

@@ -16,6 +16,18 @@ import numpy as np
 CROP_OFFSET = (0.037, 0.102)
 CROP_SCALE = 0.927
 FACE_MODES = ("auto", "off")
+#: --face auto crops only where the crop is under this fraction of the image's shorter side. An image that is
+#: already a face crop (aligned faces at any resolution: the crop the cascade implies is 0.7-1.0 of the image)
+#: would gain at most 2x resolution from cropping, and the crop would move the hole away from where the mask
+#: kind puts it (measured: 2 of 16 aligned 64x64 faces, completed with a 32-px model, had their hole moved).
+#: A photo whose face is under half of its shorter side gains more than 2x, and there the mask kind is meant
+#: for the face, not the whole photo.
+MAX_CROP_FRACTION = 0.5
+
+
+def crop_helps(box: tuple[int, int, int], h: int, w: int) -> bool:
+    """Whether completing the face crop `box` (x, y, side) beats completing the whole h x w image."""
+    return box[2] < MAX_CROP_FRACTION * min(h, w)
 
 
 _local = threading.local()

@@ -111,22 +111,73 @@ def error_text(key: str, path: str, err: Exception | str) -> str:
     return msg if key in msg or path in msg else f"{key}: {msg}"
 
 
+class JobError(ValueError):
+    """A job that must not run as asked (it would write over or inside its own input)."""
+
+
 def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be written, creating nothing: the folder itself when it exists
+    (a probe file, removed at once), else the nearest existing folder above it, which must be a folder
+    this process may create entries in."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f"{TMP_PREFIX}probe-{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if folder.is_dir():
+            probe = folder / f"{TMP_PREFIX}probe-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return
+        parent = folder
+        while not parent.exists():
+            if parent.parent == parent:
+                break
+            parent = parent.parent
+        if parent == folder or not parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"Permission denied ({parent})")
     except OSError as e:
         raise OutputError(f"output folder {folder} is not writable: {e.strerror or e}") from None
 
 
+def make_output_dir(folder: Path) -> None:
+    """Create the output folder (once every check has passed and the model is open), probing that it takes files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"output folder {folder} is not writable: {e.strerror or e}") from None
+    check_writable(folder)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_paths(src: Path, dst: Path) -> None:
+    """Inputs are never written: refuse OUTPUT equal to INPUT, an OUTPUT folder inside the INPUT folder (a
+    later run would list its outputs as inputs), an INPUT inside the OUTPUT folder, and a single image whose
+    OUTPUT is the same file. Symbolic links are resolved first."""
+    rs, rd = src.resolve(), dst.resolve()
+    if src.is_file():
+        out_file = rd if images.is_image_name(dst) else rd / src.name
+        if out_file == rs or (dst.exists() and not dst.is_dir() and os.path.samefile(src, dst)):
+            raise JobError(f"{dst}: the output would overwrite the input image {src}; choose another OUTPUT")
+        return
+    if rd == rs:
+        raise JobError(f"{dst}: OUTPUT is the INPUT folder; gcomp never writes over its inputs: choose another OUTPUT")
+    if _inside(rd, rs):
+        raise JobError(f"{dst}: OUTPUT is inside the INPUT folder {src}, so a later run would read its outputs "
+                       f"back as inputs; choose an OUTPUT outside it")
+    if _inside(rs, rd):
+        raise JobError(f"{dst}: OUTPUT contains the INPUT folder {src}; choose an OUTPUT outside it")
+
+
 def check_job(input, output, opts: CompleteOptions) -> tuple[Path, Path, MaskSpec, Path]:
-    """(input, output, mask spec, output folder) after the checks that fail a whole job."""
+    """(input, output, mask spec, output folder) after the checks that fail a whole job. Creates nothing:
+    the output folder is made when the job starts writing (make_output_dir)."""
     src, dst = Path(input), Path(output)
+    spec = MaskSpec.parse(opts.mask)
     if not src.exists():
         raise ImageError(f"input not found: {src}")
-    spec = MaskSpec.parse(opts.mask)
+    check_paths(src, dst)
     out_dir = output_dir(src, dst)
     check_writable(out_dir)
     return src, dst, spec, out_dir
@@ -134,6 +185,7 @@ def check_job(input, output, opts: CompleteOptions) -> tuple[Path, Path, MaskSpe
 
 def start_writing(out_dir: Path, opts: CompleteOptions) -> str:
     """This job's temporary-file tag, after removing what a killed run of the same shard left."""
+    make_output_dir(out_dir)
     tag = temp_tag(opts.shard)
     images.remove_stale_temps(out_dir, tag)
     return tag
@@ -150,10 +202,19 @@ def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, sp
     }
 
 
-def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: float) -> Summary:
-    """Time it and write it atomically (one summary per shard)."""
+def single_image_job(src: Path, dst: Path) -> bool:
+    """`gcomp complete photo.jpg done.jpg`: one image in, one image path out."""
+    return src.is_file() and images.is_image_name(dst)
+
+
+def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: float,
+                   write: bool = True) -> Summary:
+    """Time it and write it atomically (one summary per shard). write=False (a single-image job whose
+    OUTPUT is an image path): no file is written beside that image; summary_path stays ""."""
     summary.seconds = time.perf_counter() - t0
     summary.images_per_s = summary.done / summary.seconds if summary.seconds > 0 else 0.0
+    if not write:
+        return summary
     k, n = opts.shard
     name = SUMMARY_NAME if n == 1 else f"gcomp-summary.shard-{k}-of-{n}.json"
     summary.summary_path = str(out_dir / name)

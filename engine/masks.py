@@ -124,9 +124,19 @@ class MaskSpec:
         name, _, arg = spec.partition(":")
         if name in KINDS:
             try:
-                return cls(kind=name, param=float(arg) if arg else None)
+                param = float(arg) if arg else None
             except ValueError:
-                raise MaskError(f"mask parameter must be a number: {spec!r}") from None
+                raise MaskError(f"--mask {spec!r}: the parameter must be a number") from None
+            if name == "full":  # a kind for make_mask (reconstruction), not for completing images
+                raise MaskError(f"--mask {spec!r} keeps every pixel: nothing to fill (choose from "
+                                f"{', '.join(k for k in KINDS if k != 'full')}, or a mask file/folder)")
+            try:  # a bad parameter fails here, once, before any image is read
+                trial = make_mask(name, 64, param, np.random.default_rng(0))
+            except MaskError as e:
+                raise MaskError(f"--mask {spec!r}: {e}") from None
+            if name != "random" and trial.min() == 1 or name == "random" and not (param is None or param > 0):
+                raise MaskError(f"--mask {spec!r} leaves nothing to fill")
+            return cls(kind=name, param=param)
         p = Path(spec)
         if p.exists():
             return cls(path=p)

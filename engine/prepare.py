@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from . import images
-from .faces import find_face
+from .faces import crop_helps, find_face
 from .jobs import Item
 from .masks import MaskError, MaskSpec, context_weights, to_model_size
 
@@ -43,6 +43,8 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
         box = find_face(image.rgb)
         if box is None and log is not None:
             log(f"note: {item.key}: no face found; completing the whole image")
+        elif box is not None and not crop_helps(box, h, w):
+            box = None  # the image is already a face crop: the mask kind applies to the whole image
     if isinstance(mask, np.ndarray):
         known = mask.astype(np.float32)
         region = image.rgb

@@ -47,7 +47,8 @@ from .api import default_model, open_model
 from .backends import BackendError, backend_for
 from .batch import progress_writer
 from .images import ImageError, OutputError
-from .jobs import Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, start_writing
+from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, single_image_job,
+                   start_writing)
 from .masks import MaskError, MaskSpec
 from .options import CompleteOptions
 from .prepare import Prepared, prepare
@@ -251,7 +252,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
         name = backend_for(model) if backend == "auto" else backend
         summary = Summary(skipped=skipped, settings=job_settings(src, dst, model, name, device, spec, opts, None))
         summary.ray = ray_info
-        return finish_summary(summary, out_dir, opts, t0)
+        return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
 
     started = _connect(ray, address, workers * cpus_per_worker + 1)
     bar = None
@@ -267,7 +268,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             info = ray.get(probe.remote(str(model), backend, actor_device, bopts, opts))
             ray_info["startup_seconds"] = round(time.perf_counter() - t0, 2)
             for note in info["notes"]:
-                log(f"note: {note}")
+                log(note if note.startswith("warning:") else f"note: {note}")
             opts = info["options"]  # the model's recommended settings, applied once when it was opened
             summary = Summary(skipped=skipped, settings=job_settings(
                 src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"]))
@@ -284,7 +285,10 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
                 _Completer, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
                 fn_constructor_kwargs=dict(model=str(model), backend=backend, device=actor_device,
                                            backend_options=bopts, opts=opts, tag=tag, progress_dir=progress_dir),
-                **resources)
+                # no actor restarts: Ray Data keeps the actors' constructor arguments in the object store, from
+                # where a restart cannot be relied on (ray-project/ray#53727; with restarts Ray logs an error
+                # line saying so on every run). A lost actor fails the job; a rerun skips finished images.
+                max_restarts=0, **resources)
 
             order = {it.key: i for i, it in enumerate(todo)}
             per_worker: dict[str, int] = {}
@@ -315,4 +319,4 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             bar.close()
         if started:
             ray.shutdown()  # a local instance stops; a cluster stays up (we only disconnect)
-    return finish_summary(summary, out_dir, opts, t0)
+    return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))

@@ -15,6 +15,13 @@ SEED = {"iters": 1000, "lr": 0.01, "momentum": 0.9, "lam": 0.1, "patience": 0}
 ADAM_LR = 0.03  # Adam's step size when none is given (the seed has no Adam)
 #: the keys a model's metadata `defaults` may recommend
 RECOMMENDABLE = ("iters", "lr", "momentum", "lam", "optimizer", "patience")
+#: What `gcomp export` recommends in a fresh export's metadata `defaults` (changeable with --recommend): a search
+#: measured on the bundled model (README, Default model): the seed's momentum and lam, lr 3e-4, at most 100
+#: iterations, a per-image early stop after 20 steps without improvement. Not the seed's lr 0.01 x 1000
+#: iterations: with the contextual loss summed over pixels that lr pins most of z to the clip bounds. A fresh
+#: export has no encoder yet, so it recommends a search even where a model with a good encoder recommends less.
+EXPORT_RECOMMENDED = {"iters": 100, "lr": 3e-4, "momentum": SEED["momentum"], "lam": SEED["lam"],
+                      "optimizer": "momentum", "patience": 20}
 
 
 @dataclass(frozen=True)

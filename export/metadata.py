@@ -12,11 +12,15 @@ Keys (the runtime backends rely on these exact names):
     precision        str   "fp32", "fp16" or "bf16" (bf16: weights stored as bf16, computed in fp32)
     unroll           int   momentum steps per call of the step graph (1 for the generator)
     batch            "dynamic" or int (the graph's fixed batch size)
-    defaults         dict  the seed's search settings: lr, momentum, lam, iters
-    config_hash      str   ModelConfig.hash() of the checkpoint's config
+    defaults         dict  the recommended search settings (iters, lr, momentum, lam, optimizer, patience):
+                           RECOMMENDED unless `gcomp export --recommend` says otherwise
+    config_hash      str   ModelConfig.hash() of the checkpoint's config (the architecture)
     model_config     dict  asdict(ModelConfig)
     mask_convention  str   "w: 1 = known pixel, 0 = hole; mask files: white = fill"
-Extra keys written by the exporter: compute_precision (str), opset (int), exporter (str).
+Extra keys written by the exporter (see CONVENTIONS and the README's metadata table): compute_precision,
+opset, exporter, weights_id (a hash of the checkpoint's G and D state dicts: generator, step and encoder
+from one checkpoint carry the same one), value_range, channel_order, layout, loss_at, v_start, z_clip,
+description, license, date.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import json
 import os
 from typing import Any
 
-from ..engine.search import SearchParams
+from ..engine.search import EXPORT_RECOMMENDED, SearchParams
 
 KEYS = ("gcomp_version", "gcomp_kind", "size", "channels", "zdim", "precision", "unroll", "batch",
         "defaults", "config_hash", "model_config", "mask_convention")
@@ -34,6 +38,50 @@ KINDS = ("generator", "step")
 MASK_CONVENTION = "w: 1 = known pixel, 0 = hole; mask files: white = fill"
 #: the seed's hyperparameters (bamos/dcgan-completion.tensorflow), from gcomp.engine.search (their one source)
 SEED_DEFAULTS = SearchParams.seed().recommended()
+#: what a fresh export recommends (its `defaults`) unless `gcomp export --recommend` says otherwise
+RECOMMENDED = dict(EXPORT_RECOMMENDED)
+#: the conventions every exported file states in its metadata (the runtime relies on them)
+CONVENTIONS = {
+    "value_range": "[-1, 1]",  # images in and out (y, G(z)): uint8 / 127.5 - 1
+    "channel_order": "RGB",
+    "layout": "NCHW",
+    "loss_at": "input z: the step graph's loss output is each image's loss before the first of its unroll steps",
+    "v_start": "0: the momentum v starts at zeros for each search",
+    "z_clip": "[-1, 1]: z is clipped after every step; the runtime clips the encoder's z to [-1, 1] too",
+}
+DEFAULT_LICENSE = "unspecified (set it with gcomp export --license)"
+
+
+def parse_recommend(text: str | dict | None) -> dict[str, Any]:
+    """`iters=100,lr=3e-4,...` (or a dict) -> RECOMMENDED with those keys replaced; keys are
+    engine.search.RECOMMENDABLE. Checked against SearchParams, so a bad value fails at export."""
+    from dataclasses import fields
+
+    from ..engine.search import RECOMMENDABLE
+
+    rec = dict(RECOMMENDED)
+    if not text:
+        return rec
+    given = dict(text) if isinstance(text, dict) else {}
+    if isinstance(text, str):
+        for part in filter(None, (x.strip() for x in text.split(","))):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise ValueError(f"--recommend: expected KEY=VALUE, got {part!r}")
+            given[key.strip()] = value.strip()
+    types = {f.name: f.type for f in fields(SearchParams)}
+    for key, value in given.items():
+        if key not in RECOMMENDABLE:
+            raise ValueError(f"--recommend: unknown setting {key!r} (choose from {', '.join(RECOMMENDABLE)})")
+        try:
+            rec[key] = value if key == "optimizer" else (int if "int" in str(types[key]) else float)(value)
+        except ValueError:
+            raise ValueError(f"--recommend: {key}={value!r} is not a number") from None
+    try:
+        SearchParams(**rec)  # the settings must make a valid search
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--recommend: {e}") from None
+    return rec
 
 
 class MetadataError(ValueError):
@@ -102,3 +150,19 @@ def read_metadata(model, require: bool = True) -> dict[str, Any]:
         if meta["gcomp_kind"] not in KINDS:
             raise MetadataError(f"unknown gcomp_kind {meta['gcomp_kind']!r} (expected one of {KINDS})")
     return meta
+
+
+def onnx_weights_id(path) -> str:
+    """A weights id computed from an ONNX file's initializers (names, types, shapes, bytes; 16 hex digits), for
+    files whose training checkpoint is not available: the bundled model was stamped this way (its generator's
+    initializers), since `weights_id` is otherwise a hash of the checkpoint's state dicts."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    h = hashlib.sha256()
+    for init in sorted(onnx.load(os.fspath(path)).graph.initializer, key=lambda t: t.name):
+        h.update(f"{init.name}:{init.data_type}:{tuple(init.dims)};".encode())
+        h.update(numpy_helper.to_array(init).tobytes())
+    return h.hexdigest()[:16]

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..engine.backends.exported import (GENERATOR_FILE, GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_FILE,  # noqa: F401
-                                        STEP_INPUTS, STEP_OUTPUTS)
-from .metadata import MASK_CONVENTION, SEED_DEFAULTS, write_metadata
+                                        STEP_INPUTS, STEP_OUTPUTS, WEIGHTS_KEY)
+from .metadata import (CONVENTIONS, DEFAULT_LICENSE, MASK_CONVENTION, RECOMMENDED, SEED_DEFAULTS,  # noqa: F401
+                       parse_recommend, write_metadata)
 from .validate import example_inputs
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -121,7 +122,9 @@ def _relax_w_channels(model) -> None:
             d.dim_param = "w_channels"
 
 
-def _metadata(cfg, kind: str, precision: str, unroll: int, batch, opset: int) -> dict[str, Any]:
+def _metadata(cfg, kind: str, precision: str, unroll: int, batch, opset: int, about: dict | None = None) -> dict[str, Any]:
+    """A graph's metadata. `about`: what export_model adds for the whole export (weights_id, defaults,
+    description, license, date); without it (a graph exported on its own) the recommended defaults."""
     import torch
 
     return {
@@ -133,17 +136,37 @@ def _metadata(cfg, kind: str, precision: str, unroll: int, batch, opset: int) ->
         "precision": precision,
         "unroll": unroll,
         "batch": batch,
-        "defaults": dict(SEED_DEFAULTS),
+        "defaults": dict(RECOMMENDED),
         "config_hash": cfg.hash(),
         "model_config": asdict(cfg),
         "mask_convention": MASK_CONVENTION,
         "compute_precision": COMPUTE[precision],
         "opset": opset,
         "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
+        **CONVENTIONS,
+        **(about or {}),
     }
 
 
-def export_generator(G, cfg, path: Path, precision: str, batch, opset: int):
+def about_export(G, D, checkpoint, cfg, recommend=None, description: str | None = None,
+                 license: str | None = None) -> dict[str, Any]:
+    """The metadata every file of one export shares: the weights' id, the recommended settings, description,
+    licence, date (UTC)."""
+    import datetime
+
+    from ..train.checkpoint import weights_id
+
+    return {
+        WEIGHTS_KEY: weights_id(G, D),
+        "defaults": parse_recommend(recommend),
+        "description": description or (f"gcomp DCGAN {cfg.size}x{cfg.size}x{cfg.channels}, zdim {cfg.zdim}, "
+                                       f"gf {cfg.gf}, df {cfg.df}, exported from {Path(str(checkpoint)).name}"),
+        "license": license or DEFAULT_LICENSE,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def export_generator(G, cfg, path: Path, precision: str, batch, opset: int, about: dict | None = None):
     import onnx
 
     from ..train.adjoint import GeneratorModule
@@ -152,12 +175,12 @@ def export_generator(G, cfg, path: Path, precision: str, batch, opset: int):
     z = example_inputs(cfg, nb)[0]
     model = _export_graph(GeneratorModule(G, precision), (z,), (GENERATOR_INPUT,), (GENERATOR_OUTPUT,), {GENERATOR_INPUT}, batch == "dynamic", opset)
     model.graph.name = "gcomp_generator"
-    write_metadata(model, _metadata(cfg, "generator", precision, 1, batch, opset))
+    write_metadata(model, _metadata(cfg, "generator", precision, 1, batch, opset, about))
     onnx.save(model, str(path))
     return path
 
 
-def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset: int):
+def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset: int, about: dict | None = None):
     import onnx
 
     from ..train.adjoint import StepModule
@@ -168,7 +191,7 @@ def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset
                           {"z", "v", "y", "w"}, batch == "dynamic", opset)
     _relax_w_channels(model)
     model.graph.name = "gcomp_step"
-    write_metadata(model, _metadata(cfg, "step", precision, unroll, batch, opset))
+    write_metadata(model, _metadata(cfg, "step", precision, unroll, batch, opset, about))
     onnx.save(model, str(path))
     return path
 
@@ -176,7 +199,8 @@ def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset
 def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int = "dynamic", unroll: int = 1,
                  opset: int = DEFAULT_OPSET, trt: bool = False, validate: bool = True,
                  trt_profile: tuple[int, int, int] | None = None, trt_compute_capabilities: list[str] | None = None,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = None, recommend: str | dict | None = None,
+                 description: str | None = None, license: str | None = None) -> dict[str, Any]:
     """Export `checkpoint` (a .pt file or a run folder) into `out_dir`.
 
     Writes generator.onnx and step.onnx (float32 IO for every precision), validates them against the
@@ -184,9 +208,13 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     trt=True builds generator.engine and step.engine. Returns
     {"files": [{"name", "path", "bytes", "seconds"}...], "paths": {name: path}, "validation": report or None,
      "engines": {name: header}}.
+    recommend: the search settings the metadata recommends (`defaults`), as "iters=100,lr=3e-4" or a dict,
+    over RECOMMENDED; description, license: free text for the metadata. Every file also carries the hash of
+    the checkpoint's weights (`weights_id`), so the runtime refuses graphs from two checkpoints.
     Raises CheckpointError (bad checkpoint), ValueError (bad option), TensorRTUnavailable (trt without TensorRT).
     """
     batch = check_options(precision, batch, unroll, opset)
+    parse_recommend(recommend)  # a bad --recommend fails before the slow part
     if trt:
         from .trt import import_tensorrt
 
@@ -198,6 +226,7 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     out = Path(out_dir)
     log(f"gcomp export: {checkpoint} ({cfg.size}x{cfg.size}x{cfg.channels}, zdim {cfg.zdim}, gf {cfg.gf}, df {cfg.df}) "
         f"-> {out} (precision {precision}, batch {batch}, unroll {unroll}, opset {opset})")
+    about = about_export(G, D, checkpoint, cfg, recommend, description, license)
     out.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
 
@@ -209,10 +238,10 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
         log(f"export success {files[-1]['seconds']:.1f} s, saved as {path} ({size / 1e6:.1f} MB)")
 
     t0 = time.perf_counter()
-    export_generator(G, cfg, out / GENERATOR_FILE, precision, batch, opset)
+    export_generator(G, cfg, out / GENERATOR_FILE, precision, batch, opset, about)
     _record("generator", out / GENERATOR_FILE, t0)
     t0 = time.perf_counter()
-    export_step(G, D, cfg, out / STEP_FILE, precision, batch, unroll, opset)
+    export_step(G, D, cfg, out / STEP_FILE, precision, batch, unroll, opset, about)
     _record("step", out / STEP_FILE, t0)
 
     report = None

@@ -166,3 +166,41 @@ def test_face_crop_on_a_real_photo(tiny_ckpt, tmp_path):
                             "--iters", "1", "--face", "off", "--no-progress"])
     off = cv2.cvtColor(_read(tmp_path / "off.png"), cv2.COLOR_BGR2RGB)
     assert not np.array_equal(off[200:300, 200:300], rgb[200:300, 200:300])  # the whole image's center instead
+
+
+def test_face_auto_leaves_aligned_faces_alone(tiny_ckpt, tmp_path):
+    """Aligned face crops at twice the model's size (the astronaut's face, cropped around the face with a little
+    margin, 64x64 for the 32-px model): --face auto must not crop them, so the hole is where the mask kind says in
+    every image, although OpenCV does find a face in them."""
+    from skimage import data
+
+    from gcomp.engine.faces import crop_helps, find_face
+    from gcomp.engine.jobs import Item
+    from gcomp.engine.masks import MaskSpec
+    from gcomp.engine.prepare import prepare
+
+    rgb = data.astronaut()
+    x, y, side = find_face(rgb)
+    src = tmp_path / "in"
+    found = 0
+    for i, (pad, flip, gain) in enumerate([(p, f, g) for p in (0.1, 0.2, 0.3) for f in (False, True) for g in (0.8, 1.1)]):
+        m = int(side * pad)
+        crop = rgb[y - m:y + side + m, x - m:x + side + m]
+        crop = np.clip(cv2.resize(crop[:, ::-1] if flip else crop, (64, 64), interpolation=cv2.INTER_AREA) * gain, 0, 255)
+        images.write_rgb(src / f"aligned_{i:02d}.png", crop.astype(np.uint8))
+        box = find_face(crop.astype(np.uint8))
+        found += box is not None
+        assert box is None or not crop_helps(box, 64, 64)
+    assert found >= 6, "the detector should find the face in most of these crops (else this test shows nothing)"
+    spec = MaskSpec.parse("center")
+    for f in sorted(src.iterdir()):
+        p = prepare(Item(f, f.name, tmp_path / f.name), spec, 32, 0, False, face="auto")
+        assert p.box is None, f.name
+        assert np.array_equal(p.known, spec.known(f.name, (64, 64), 32, 0)), f.name  # the mask kind's region
+    r = runner.invoke(app, ["complete", str(src), str(tmp_path / "out"), "--model", str(tiny_ckpt), "--iters", "1",
+                            "--mask", "center", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    known = cv2.resize(make_mask("center", 32), (64, 64), interpolation=cv2.INTER_NEAREST).astype(bool)
+    for f in sorted(src.iterdir()):
+        a, b = _read(f), _read(tmp_path / "out" / f.name)
+        assert np.array_equal(a[known], b[known]) and not np.array_equal(a[~known], b[~known]), f.name

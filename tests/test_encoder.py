@@ -86,3 +86,34 @@ def test_early_stopping_is_per_image_and_backend_independent(tiny_ckpt, with_enc
         np.testing.assert_allclose(a.z, b.z, atol=1e-4)
         c = ob.search(z0, y, w, hp)
         assert len(c.history) == len(a.history)
+
+
+def test_encoder_metadata_states_storage_weights_and_settings(with_encoder, tiny_ckpt, tmp_path):
+    """The encoder pairs with its generator's checkpoint (weights_id), says how its weights are stored (bf16: bf16
+    initializers, not fp16), and carries the same conventions and recommended settings as the graphs beside it."""
+    import onnx
+
+    from gcomp.export.encoder import export_encoder
+    from gcomp.export.metadata import CONVENTIONS, read_metadata
+    from gcomp.train.checkpoint import load_models, weights_id
+
+    out, _ = with_encoder
+    _, G, D = load_models(tiny_ckpt)
+    step = read_metadata(out / "step.onnx")
+    meta = read_metadata(out / "encoder.onnx", require=False)
+    assert meta["weights_id"] == step["weights_id"] == weights_id(G, D)
+    assert meta["defaults"] == step["defaults"] and {k: meta[k] for k in CONVENTIONS} == CONVENTIONS
+    assert (meta["precision"], meta["compute_precision"], meta["unroll"], meta["batch"]) == ("fp32", "fp32", 1, "dynamic")
+    path = export_encoder(out / "encoder.pt", tmp_path, "bf16")
+    types = {t.data_type for t in onnx.load(str(path)).graph.initializer}
+    assert onnx.TensorProto.BFLOAT16 in types and onnx.TensorProto.FLOAT16 not in types
+    assert read_metadata(path, require=False)["precision"] == "bf16"
+    from gcomp.engine.backends.base import ModelInfo
+    from gcomp.engine.encoder import Encoder
+
+    info = ModelInfo(size=32, zdim=16, config_hash=step["config_hash"], meta={"weights_id": step["weights_id"]})
+    y = np.zeros((2, 3, 32, 32), np.float32)
+    k = np.ones((2, 1, 32, 32), np.float32)
+    z16 = Encoder(path, info)(y, k)
+    z32 = Encoder(out / "encoder.onnx", info)(y, k)
+    assert np.abs(z16 - z32).max() < 5e-2  # bf16 storage (8-bit mantissa), fp32 compute

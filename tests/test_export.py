@@ -237,12 +237,13 @@ def test_metadata_round_trip(fp32, fp16, ckpt):
             assert meta["gcomp_kind"] == kind and meta["precision"] == prec
             assert (meta["size"], meta["channels"], meta["zdim"]) == (32, 3, 16)
             assert meta["unroll"] == 1 and meta["batch"] == "dynamic"
-            assert meta["defaults"] == {"lr": 0.01, "momentum": 0.9, "lam": 0.1, "iters": 1000}
+            assert meta["defaults"] == md.RECOMMENDED  # a search measured on the bundled model, not the seed's
+            assert meta["weights_id"] and meta["value_range"] == "[-1, 1]" and meta["layout"] == "NCHW"
             assert meta["config_hash"] == CFG.hash() and ModelConfig(**meta["model_config"]) == CFG
             assert meta["mask_convention"] == "w: 1 = known pixel, 0 = hole; mask files: white = fill"
     # raw values are strings, JSON where structured (what a runtime without gcomp would see)
     raw = {p.key: p.value for p in onnx.load(str(fp32 / "step.onnx")).metadata_props}
-    assert raw["size"] == "32" and json.loads(raw["defaults"])["lr"] == 0.01 and raw["batch"] == "dynamic"
+    assert raw["size"] == "32" and json.loads(raw["defaults"])["lr"] == md.RECOMMENDED["lr"] and raw["batch"] == "dynamic"
     m = md.write_metadata(onnx.load(str(fp32 / "generator.onnx")), {"batch": 8, "unroll": 4, "zdim": 16})
     back = md.read_metadata(m)
     assert back["batch"] == 8 and back["unroll"] == 4 and back["gcomp_kind"] == "generator"

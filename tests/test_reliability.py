@@ -19,30 +19,60 @@ from gcomp.cli.app import app  # noqa: E402
 runner = CliRunner()
 
 
+def _tree(folder):
+    """{relative name: bytes} of every file under folder."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _outputs(out):
+    return [p for p in out.glob("*.png")] if out.is_dir() else []
+
+
 @pytest.mark.slow
-def test_sigkill_half_way_then_rerun_completes_each_image_once(tiny_ckpt, tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
-    make_faces(src, n=10)
-    cmd = [sys.executable, "-m", "gcomp", "complete", str(src), str(out), "--model", str(tiny_ckpt),
-           "--iters", "150", "--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.png"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
-    assert 3 <= len(first) < 10, "the kill should land half-way"
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def test_repeated_sigkill_and_resume_lose_nothing_and_match_an_uninterrupted_run(tiny_ckpt, tmp_path):
+    """Killed (SIGKILL) at several points, each rerun resumes: in the end every image exists once, none is partial,
+    no temporary file is left, and every output is byte-identical to an uninterrupted run's."""
+    n = 8
+    src = tmp_path / "in"
+    make_faces(src, n=n)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same arithmetic in every run, and fair on a busy machine
+
+    def cmd(out):
+        return [sys.executable, "-m", "gcomp", "complete", str(src), str(out), "--model", str(tiny_ckpt),
+                "--iters", "30", "--batch-size", "1", "--no-progress"]
+
+    ref_out = tmp_path / "ref"
+    r = subprocess.run(cmd(ref_out), capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
-    names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([f"face_{i:02d}.png" for i in range(10)] + ["gcomp-summary.json"])  # no temp files
-    for name, mtime in first.items():
+    ref = {k: v for k, v in _tree(ref_out).items() if k.endswith(".png")}
+    assert len(ref) == n
+
+    out = tmp_path / "out"
+    kills = 0
+    for target in (0, 2, 5):  # kill before the first output (start-up), then after 2 and after 5 outputs
+        proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 300  # generous: the machine may be shared and slow
+        while time.time() < deadline and proc.poll() is None and len(_outputs(out)) < target:
+            time.sleep(0.02)
+        if target == 0:
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        for p in _outputs(out):  # whatever exists is complete: exactly the uninterrupted run's bytes
+            assert p.read_bytes() == ref[p.name], f"{p.name} differs or is partial after a kill"
+    assert kills >= 1, "no run was killed: the machine finished before every kill point"
+    before = {p.name: p.stat().st_mtime_ns for p in _outputs(out)}
+    r = subprocess.run(cmd(out), capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    files = _tree(out)
+    assert sorted(files) == sorted(list(ref) + ["gcomp-summary.json"])  # nothing lost, nothing extra, no temp files
+    assert {k: v for k, v in files.items() if k.endswith(".png")} == ref  # byte-identical, none duplicated
+    for name, mtime in before.items():
         assert (out / name).stat().st_mtime_ns == mtime  # finished images were not redone
     s = json.loads((out / "gcomp-summary.json").read_text())
-    assert s["skipped"] == len(first) and s["done"] == 10 - len(first) and s["n_failed"] == 0
-    for p in out.glob("*.png"):
-        assert cv2.imread(str(p)) is not None
+    assert s["skipped"] == len(before) and s["done"] == n - len(before) and s["n_failed"] == 0
 
 
 def test_a_folder_of_awkward_files(tiny_ckpt, tmp_path):
@@ -94,3 +124,145 @@ def test_shards_partition_the_input(tiny_ckpt, tmp_path):
         s = json.loads((tmp_path / "out" / f"gcomp-summary.shard-{k}-of-3.json").read_text())
         seen.append(s["done"])
     assert sum(seen) == 9 and len(list((tmp_path / "out").glob("*.png"))) == 9
+
+
+# -- inputs are never written ------------------------------------------------------------------------------
+def _refused(r, *needles):
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_output_equal_to_or_inside_the_input_is_refused_and_the_input_stays_byte_identical(tiny_ckpt, tmp_path):
+    src = tmp_path / "in"
+    make_faces(src, n=3)
+    link = tmp_path / "link"
+    link.symlink_to(src, target_is_directory=True)
+    before = _tree(src)
+    face = src / "face_00.png"
+    cases = [
+        ([src, src, "--overwrite"], "OUTPUT is the INPUT folder"),
+        ([src, src], "OUTPUT is the INPUT folder"),
+        ([src, link, "--overwrite"], "OUTPUT is the INPUT folder"),  # the same folder through a symlink
+        ([src, src / "out"], "inside the INPUT folder"),
+        ([src, link / "sub" / "out"], "inside the INPUT folder"),
+        ([src, tmp_path], "contains the INPUT folder"),
+        ([face, face, "--overwrite"], "overwrite the input image"),
+        ([face, src, "--overwrite"], "overwrite the input image"),  # a folder OUTPUT: OUTPUT/face_00.png
+        ([face, link / "face_00.png", "--overwrite"], "overwrite the input image"),
+    ]
+    for args, needle in cases:
+        r = runner.invoke(app, ["complete", *map(str, args), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"])
+        _refused(r, needle)
+        assert _tree(src) == before, args  # byte-identical, nothing added (no summary, no output folder)
+    assert not (src / "out").exists() and not (src / "sub").exists()
+
+
+def test_every_option_is_checked_before_any_work(tmp_path):
+    """Refusals come before any image is read or any file is created, with exit 2 and one line naming the culprit."""
+    from gcomp.engine.api import DEFAULT_MODEL
+
+    src = tmp_path / "in"
+    make_faces(src, n=2, size=64)
+    export = tmp_path / "export"
+    export.mkdir()
+    for f in DEFAULT_MODEL.glob("*.onnx"):
+        (export / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "other.onnx").write_bytes((export / "encoder.onnx").read_bytes())
+    out = tmp_path / "out"
+    cases = [
+        (["--device", "tpu"], ["--device 'tpu'", "cpu, cuda or cuda:N"]),
+        (["--mask", "center:0.9"], ["center:0.9", "(0, 0.5]"]),
+        (["--mask", "center:x"], ["center:x", "number"]),
+        (["--mask", "full"], ["full", "nothing to fill"]),
+        (["--mask", "random:0"], ["random:0", "nothing to fill"]),
+        (["--model", str(export / "encoder.onnx")], ["encoder.onnx", "not a gcomp export's graph"]),
+        (["--model", str(tmp_path / "other.onnx")], ["other.onnx", "not a gcomp export's graph"]),
+        (["--model", str(tmp_path / "missing")], ["model not found", "missing"]),
+        (["--shard", "3/2"], ["shard"]),
+    ]
+    for args, needles in cases:
+        r = runner.invoke(app, ["complete", str(src), str(out), *args, "--iters", "1", "--no-progress"])
+        _refused(r, *needles)
+        assert not out.exists(), f"{args}: the output folder was created before the refusal"
+
+
+def test_one_image_output_gets_no_summary_beside_it(tmp_path):
+    src = tmp_path / "in"
+    make_faces(src, n=1, size=64)
+    dest = tmp_path / "done" / "face.png"
+    r = runner.invoke(app, ["complete", str(src / "face_00.png"), str(dest), "--iters", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["face.png"] and "summary:" not in r.stdout
+    r = runner.invoke(app, ["complete", str(src / "face_00.png"), str(tmp_path / "folder"), "--iters", "1", "--no-progress"])
+    assert r.exit_code == 0 and sorted(p.name for p in (tmp_path / "folder").iterdir()) == ["face_00.png", "gcomp-summary.json"]
+
+
+def test_missing_and_mismatched_masks_fail_only_their_images(tiny_ckpt, tmp_path):
+    src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    make_faces(src, n=3)
+    masks.mkdir()
+    hole = np.zeros((32, 32), np.uint8)
+    hole[8:24, 8:24] = 255
+    cv2.imwrite(str(masks / "face_00.png"), hole)
+    cv2.imwrite(str(masks / "face_01.png"), cv2.resize(hole, (20, 20)))  # the wrong size
+    # face_02: no mask at all
+    r = runner.invoke(app, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--mask", str(masks),
+                            "--iters", "1", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    errs = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errs) == 2, errs
+    assert any("face_01" in e and "20x20" in e for e in errs) and any("no mask for face_02" in e for e in errs), errs
+    assert sorted(p.name for p in out.glob("*.png")) == ["face_00.png"]
+
+
+def _mount_or_skip(*args):
+    if os.geteuid() != 0 or subprocess.run(["mount", *args], capture_output=True).returncode != 0:
+        pytest.skip(f"cannot mount ({' '.join(args[:-1])}): needs root and mount permission")
+
+
+def test_read_only_output_is_one_clear_error(tiny_ckpt, tmp_path):
+    src, ro = tmp_path / "in", tmp_path / "ro"
+    make_faces(src, n=2)
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+    else:
+        _mount_or_skip("--bind", "-o", "ro", str(ro), str(ro))
+    try:
+        for out in (ro, ro / "new"):
+            r = runner.invoke(app, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"])
+            _refused(r, "not writable", str(out))
+        assert list(ro.iterdir()) == []
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_full_output_leaves_no_partial_file(tiny_ckpt, tmp_path):
+    """A full disk (a 64 KiB tmpfs): images that fit are written whole, the others fail with a line naming them;
+    no partial or temporary file is left."""
+    src, full = tmp_path / "in", tmp_path / "full"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):  # ~50 KB each as PNG: the first fits, the rest do not
+        cv2.imwrite(str(src / f"noise_{i}.png"), rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    full.mkdir()
+    _mount_or_skip("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+    try:
+        r = runner.invoke(app, ["complete", str(src), str(full), "--model", str(tiny_ckpt), "--iters", "1",
+                                "--face", "off", "--batch-size", "1", "--no-progress"])
+        assert r.exit_code in (1, 2), r.output
+        errs = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert errs and all("No space left on device" in e for e in errs), r.stderr
+        assert all("noise_" in e or "gcomp-summary" in e for e in errs), errs
+        written = sorted(full.iterdir())
+        assert not [p for p in written if p.name.startswith(".gcomp-")], written  # no temporary file left
+        for p in written:
+            if p.suffix == ".png":
+                assert cv2.imread(str(p)) is not None and cv2.imread(str(p)).shape == (128, 128, 3)  # whole
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
+

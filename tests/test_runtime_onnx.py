@@ -54,7 +54,9 @@ def test_complete_without_torch_matches_torch(tiny_ckpt, exported, tmp_path):
     src = tmp_path / "in"
     make_faces(src, n=4)
     torch_out, ort_out = tmp_path / "torch", tmp_path / "ort"
-    complete(src, torch_out, tiny_ckpt, options=CompleteOptions(search=SearchParams(iters=50)), progress=False)
+    seed = SearchParams.seed()  # the same settings on both sides (the export recommends its own, the checkpoint none)
+    complete(src, torch_out, tiny_ckpt, options=CompleteOptions(search=SearchParams(iters=50, lr=seed.lr, patience=0)),
+             progress=False)
     script = textwrap.dedent(f"""
         import sys
         class Block:
@@ -63,7 +65,8 @@ def test_complete_without_torch_matches_torch(tiny_ckpt, exported, tmp_path):
                     raise ImportError("torch is blocked in this test")
         sys.meta_path.insert(0, Block())
         sys.argv = ["gcomp", "complete", {str(src)!r}, {str(ort_out)!r}, "--model", {str(exported)!r},
-                    "--backend", "onnxruntime", "--iters", "50", "--no-progress"]
+                    "--backend", "onnxruntime", "--iters", "50", "--lr", {str(seed.lr)!r}, "--early-stop", "0",
+                    "--no-progress"]
         from gcomp.cli.app import main
         try:
             main()

@@ -62,3 +62,18 @@ def load_models(path: str | os.PathLike, device: str | torch.device = "cpu"):
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{resolve(path)}: weights do not match the stored config ({e})") from None
     return cfg, G.to(device).eval(), D.to(device).eval()
+
+
+def weights_id(*modules: torch.nn.Module) -> str:
+    """A hash of the modules' weights (state dicts: names, dtypes, shapes, bytes), 16 hex digits. `gcomp export`
+    stamps it (of G and D) on generator.onnx and step.onnx, `gcomp train-encoder` on encoder.onnx, so the
+    runtime can refuse files exported from different checkpoints of the same architecture."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in sorted(_plain(m).state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..engine.masks import KINDS, make_mask
-from .checkpoint import load_models
+from .checkpoint import load_models, weights_id
 from .model import BN_EPS, KERNEL, LRELU_SLOPE, PAD, STRIDE, ModelConfig, _widths, sample_z, weights_init
 
 TRAIN_KINDS = tuple(k for k in KINDS if k != "full")
@@ -84,7 +84,8 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
     from .data import ImageSource, StepBatchSampler
 
     torch.manual_seed(cfg.seed)
-    mcfg, G, _ = load_models(cfg.model)
+    mcfg, G, D = load_models(cfg.model)
+    wid = weights_id(G, D)  # the generator checkpoint this encoder is for: stamped on encoder.onnx
     for p in G.parameters():
         p.requires_grad_(False)
     E = Encoder(mcfg)
@@ -120,7 +121,7 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
             log(f"encoder step {step}/{cfg.steps}: known {rec['known']:.4f} full {rec['full']:.4f} "
                 f"latent {rec['latent']:.4f} ({rec['seconds']:.0f} s)")
             torch.save({"config": asdict(cfg) | {"data": [str(d) for d in cfg.data]}, "model_config": asdict(mcfg),
-                        "config_hash": mcfg.hash(), "E": E.state_dict(), "step": step}, out / "encoder.pt.tmp")
+                        "config_hash": mcfg.hash(), "weights_id": wid, "E": E.state_dict(), "step": step}, out / "encoder.pt.tmp")
             os.replace(out / "encoder.pt.tmp", out / "encoder.pt")
         if step >= cfg.steps:
             break

@@ -74,26 +74,49 @@ def backend_class(name: str) -> type[Backend]:
     raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
 
 
+DEVICES = ("cpu", "cuda", "cuda:N")
+
+
+def check_device(device: str) -> None:
+    """cpu, cuda or cuda:N; anything else is refused before any work (it would otherwise run on the CPU)."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BackendError(f"--device {device!r}: unknown device (choose cpu, cuda or cuda:N)")
+
+
 def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", **options) -> Backend:
     """An inactive backend for `model`; use it as a context manager or call activate().
 
     options go to the backend (threads, precision, streams, ...); one it does not take is an error.
     """
+    allow_unvalidated = bool(options.pop("allow_unvalidated", False))
+    check_device(device)
     if not Path(model).exists():
         raise BackendError(f"model not found: {model}")
     name, why = auto_backend(model, device) if backend == "auto" else (backend, "")
     cls = backend_class(name)
+    fmt = next(f for f in FORMATS if f.name == name)
+    warning = None
+    if name != "torch":  # gcomp export's files: the path must name the graphs, and their validation must have passed
+        from .exported import check_model_path, check_validation
+
+        warning = check_validation(check_model_path(model, fmt.suffixes), allow_unvalidated)
     if name == "tensorrt":
         device = "cuda" if device == "cpu" else device
+    if device.split(":")[0] not in [d.strip() for d in fmt.devices.split(",")]:
+        raise BackendError(f"--device {device}: the {name} backend runs on {fmt.devices} only")
     wrong = [k for k in options if k not in cls.options]
     if wrong:
         chose = f" (--backend auto chose {why})" if why else ""
         raise BackendError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to the {name} backend{chose}")
     be = cls(model, device=device, **options)
+    if warning:
+        be.notes.append(warning)
     if why and name == "openvino":  # the one choice a user might not expect
         be.notes.append(f"--backend auto: {why}")
     return be
 
 
 __all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "auto_backend", "backend_for",
-           "backend_class", "FORMATS", "NAMES"]
+           "backend_class", "check_device", "FORMATS", "NAMES", "DEVICES"]

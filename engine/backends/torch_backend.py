@@ -58,7 +58,7 @@ class TorchBackend(Backend):
             raise BackendError("the torch backend needs PyTorch: pip install 'gcomp[train]' "
                                "(on CPU-only machines: pip install torch==2.13.0 first)") from None
 
-        from ...train.checkpoint import CheckpointError, load_models
+        from ...train.checkpoint import CheckpointError, load_models, weights_id
 
         if self.device_name.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {self.device_name}: PyTorch sees no CUDA GPU here")
@@ -72,7 +72,8 @@ class TorchBackend(Backend):
         for p in list(self.G.parameters()) + list(self.D.parameters()):
             p.requires_grad_(False)
         self.info = ModelInfo(size=cfg.size, zdim=cfg.zdim, channels=cfg.channels,
-                              config_hash=cfg.hash(), source=str(self.checkpoint))
+                              config_hash=cfg.hash(), source=str(self.checkpoint),
+                              meta={"weights_id": weights_id(self.G, self.D)})  # pairs an encoder.onnx beside it
         self.use_fast = self.fast if self.fast is not None else (self.on_cuda or self.precision == "bf16")
         self.stepper = self._graph = None
         if self.use_fast:
