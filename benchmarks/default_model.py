@@ -2,7 +2,7 @@
 
     python benchmarks/default_model.py select  runs/snapshots/*.pt --val ../shared/data/celeba64/val.tar
     python benchmarks/default_model.py tune    runs/snapshots/step_N.pt --val ../shared/data/celeba64/val.tar
-    python benchmarks/default_model.py package runs/snapshots/step_N.pt --iters 100 --lr 3e-4 --card-json stats.json
+    python benchmarks/default_model.py package runs/snapshots/step_N.pt --iters 0 --lr 3e-4 --card-json stats.json
 
 select: completion quality (center mask, whole-image PSNR on the first --limit val images) of each
 checkpoint, at fixed search settings; the best one wins, not the last one.
@@ -28,7 +28,7 @@ DEST = ROOT / "models" / "default"
 def score(model, val, limit, iters, lr, masks=("center",), optimizer="momentum") -> dict:
     opts = CompleteOptions(batch_size=64, init="random", search=SearchParams(iters=iters, lr=lr, optimizer=optimizer))
     with open_model(model) as m:
-        res, _ = evaluate(m, val, masks, opts, limit, curve_every=0, log=lambda msg: None)
+        res, _ = evaluate(m, val, masks, opts, limit, log=lambda msg: None)
     return {r.mask: r.scores for r in res}
 
 
@@ -110,7 +110,8 @@ def main() -> None:
     t.add_argument("--out", default=str(ROOT / "runs" / "tune.json"))
     p = sub.add_parser("package")
     p.add_argument("checkpoint")
-    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--iters", type=int, default=0, help="0: the encoder's latent, no search (measured best, "
+                   "benchmarks/results/quality.md)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--encoder", default=None, help="encoder.pt to export beside the graphs")

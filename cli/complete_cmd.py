@@ -18,40 +18,43 @@ def _shard(value: str) -> tuple[int, int]:
 def complete(
     input: Path = typer.Argument(..., help="An image, or a folder (searched recursively)."),
     output: Path = typer.Argument(..., help="Output folder (mirrors the input tree), or an image path for one input image."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint (.pt or run folder) or an export folder "
+    model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled model", help="A checkpoint (.pt or run folder) or an export folder "
                                          "(default: the bundled 64x64 face model, ONNX Runtime on CPU)."),
     mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "
-                             "grid[:step], lowres[:step], pattern[:fraction], full; or a mask file / folder (white = fill)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Search iterations per image (default: the model's recommended, else the seed's)."),
+                             "grid[:step], lowres[:step], pattern[:fraction]; or a mask file / folder (white = fill). See Masks."),
+    iters: Optional[int] = typer.Option(None, "--iters", show_default="the model's", help="Search iterations per image: the model's recommendation, else the seed's 1000."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
     restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
     init: str = typer.Option("auto", "--init", help="Starting latent: auto (the model's encoder.onnx if it has one, else random), encoder, random."),
-    early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop an image after N steps without improvement; 0 never (default: the model's recommendation, else never)."),
-    blend: str = typer.Option("none", "--blend", help="none (exact composite) or poisson (cv2.seamlessClone)."),
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", show_default="the model's", help="Stop an image after N steps without improvement; 0 never (default: the model's recommendation, else never)."),
+    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (default: poisson, chosen by measurement), poisson "
+                                        "(leak-free Poisson blending of the seam) or none (exact composite of G's pixels)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
     backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, openvino, tensorrt."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Step size (default: the model's recommended, else the seed's; adam: its own)."),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help="Default: the model's recommended, else the seed's."),
-    lam: Optional[float] = typer.Option(None, "--lam", help="Weight of the perceptual (discriminator) loss (default: the model's, else the seed's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", show_default="the model's", help="Step size (default: the model's recommended, else the seed's; adam: its own)."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", show_default="the model's", help="Default: the model's recommended, else the seed's."),
+    lam: Optional[float] = typer.Option(None, "--lam", show_default="the model's", help="Weight of the perceptual (discriminator) loss (default: the model's, else the seed's)."),
     weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (default: skip them)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: complete only the K-th of N parts of the input."),
+    shard: Optional[str] = typer.Option(None, "--shard", show_default="all of it", help="K/N: complete only the K-th of N parts of the input."),
     save_progress: bool = typer.Option(False, "--save-progress", help="Write snapshot grids every 50 iterations."),
     face: str = typer.Option("auto", "--face", help="auto: photos larger than the model are cropped around the face "
                              "OpenCV finds (mask kinds apply to that crop; no face: the whole image); off: never."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime / openvino: CPU threads (default: all cores)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16; "
+    threads: Optional[int] = typer.Option(None, "--threads", show_default="all cores", help="onnxruntime / openvino: CPU threads (default: all cores)."),
+    precision: Optional[str] = typer.Option(None, "--precision", show_default="the backend's", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16; "
                                             "torch: fp32 (default), tf32 (CUDA) or bf16 (the fast path; see the README)."),
-    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="torch, onnxruntime, tensorrt on CUDA: "
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", show_default="on", help="torch, onnxruntime, tensorrt on CUDA: "
                                               "replay the search step as a captured CUDA graph (default: on)."),
-    streams: Optional[int] = typer.Option(None, "--streams", help="onnxruntime / openvino on CPU: split each batch across N concurrent requests (default 1)."),
+    streams: Optional[int] = typer.Option(None, "--streams", show_default="1", help="onnxruntime / openvino on CPU: split each batch across N concurrent requests (default 1)."),
+    allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated", help="Run an export whose validation against "
+                                           "PyTorch failed (validation.json ok: false), with a warning (default: refuse it)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray Data: auto (the cluster this machine is in, else a "
+    ray: Optional[str] = typer.Option(None, "--ray", show_default="off", help="Run on Ray Data: auto (the cluster this machine is in, else a "
                                       "local instance) or an address (host:6379, ray://host:10001). Needs pip install 'gcomp[ray]'."),
     workers: int = typer.Option(2, "--workers", help="--ray: completion actors, each with its own backend session."),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="--ray: GPUs per actor "
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", show_default="1 on cuda, else 0", help="--ray: GPUs per actor "
                                                     "(default 1 with --device cuda, else 0; 0.5 puts two on a GPU)."),
 ):
     """Complete the masked region of each image with the GAN whose latent best explains the rest."""
@@ -64,12 +67,14 @@ def complete(
 
     with user_errors(*runtime_errors()):
         opts = CompleteOptions(
-            mask=mask, batch_size=batch_size, restarts=restarts, blend=blend, seed=seed, overwrite=overwrite,
+            mask=mask, batch_size=batch_size, restarts=restarts, seed=seed, overwrite=overwrite,
+            **({"blend": blend} if blend is not None else {}),
             save_progress=save_progress, face=face, init=init, shard=_shard(shard) if shard else (0, 1),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted,
                                 patience=early_stop),
         )
-        backend_options = {"threads": threads, "precision": precision, "streams": streams, "cuda_graph": cuda_graph}
+        backend_options = {"threads": threads, "precision": precision, "streams": streams, "cuda_graph": cuda_graph,
+                           "allow_unvalidated": allow_unvalidated or None}
         if ray is None:
             check_job(input, output, opts)  # a bad input, mask or output fails before the model loads
             with open_model(model, backend=backend, device=device, **backend_options) as m:
@@ -79,6 +84,7 @@ def complete(
                                    backend=backend, device=device, options=opts, progress=progress,
                                    backend_options={k: v for k, v in backend_options.items() if v is not None})
     typer.echo(f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)} "
-               f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s); summary: {summary.summary_path}")
+               f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"
+               + (f"; summary: {summary.summary_path}" if summary.summary_path else ""))
     if summary.failed:
         raise typer.Exit(1)

@@ -20,6 +20,7 @@ def evaluate(
     lr: Optional[float] = typer.Option(None, "--lr", help="Default: the model's recommended, else the seed's."),
     lam: Optional[float] = typer.Option(None, "--lam", help="Default: the model's recommended, else the seed's."),
     optimizer: str = typer.Option("momentum", "--optimizer"),
+    weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
     restarts: int = typer.Option(1, "--restarts"),
     init: str = typer.Option("auto", "--init", help="auto (the model's encoder if it has one), encoder, random."),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Patience in steps (default: the model's)."),
@@ -29,18 +30,23 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime / openvino: CPU threads."),
     streams: Optional[int] = typer.Option(None, "--streams", help="onnxruntime / openvino: concurrent requests."),
     seed: int = typer.Option(0, "--seed"),
-    curve_every: int = typer.Option(0, "--curve-every", help="Record PSNR every N iterations for the plot (0: iters/20)."),
+    blend: Optional[str] = typer.Option(None, "--blend", help="As gcomp complete's: auto (default), none, poisson."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep what was scored: OUT/KIND/input/ (the noisy-hole inputs) and "
+                                       "OUT/KIND/output/ (the files gcomp complete wrote). Default: a temporary folder."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the scores here."),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="Picture grid PNG: masked | gcomp | Telea | original; "
-                                        "the PSNR-vs-iterations plot goes beside it (*_psnr.png)."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Picture grid PNG, per mask kind: noisy input | gcomp | "
+                                        "Telea | NS | original."),
 ):
-    """Complete held-out images under each mask and score them beside cv2.inpaint (Telea, Navier-Stokes)."""
+    """Complete held-out images under each mask and score them beside cv2.inpaint (Telea, Navier-Stokes).
+
+    Each image's hole is filled with noise first, completed by the same code path as `gcomp complete`, and
+    the written files are scored against the originals."""
     from rich.console import Console
     from rich.table import Table
 
     from ..engine import images
     from ..engine.api import open_model
-    from ..engine.evaluate import PAPER_PSNR, curve_plot, evaluate as run, picture_grid
+    from ..engine.evaluate import PAPER_PSNR, evaluate as run, picture_grid
     from ..engine.options import CompleteOptions
     from ..engine.search import SearchParams
     from .errors import runtime_errors
@@ -48,13 +54,15 @@ def evaluate(
     kinds = [k.strip() for k in mask.split(",") if k.strip()]
     try:
         opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed, init=init,
-                               search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer, patience=early_stop))
+                               **({"blend": blend} if blend is not None else {}),
+                               search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer, patience=early_stop,
+                                                   weighted=weighted))
         with open_model(model, backend=backend, device=device, precision=precision, threads=threads,
                         streams=streams) as m:
             for note in m.notes:
                 typer.echo(f"note: {note}", err=True)
-            results, pictures = run(m, data, kinds, opts, limit, curve_every or None,
-                                    log=lambda msg: typer.echo(msg, err=True))
+            results, pictures = run(m, data, kinds, opts, limit, log=lambda msg: typer.echo(msg, err=True),
+                                    work_dir=out)
             backend_settings, model, opts = m.backend.settings(), m.source, m.options(opts)
     except (*runtime_errors(), OSError) as e:
         raise fail(str(e)) from None
@@ -80,6 +88,4 @@ def evaluate(
         typer.echo(f"wrote {json_path}")
     if grid:
         images.write_rgb(grid, picture_grid(pictures))
-        plot = grid.with_name(grid.stem + "_psnr.png")
-        images.write_rgb(plot, curve_plot(results))
-        typer.echo(f"wrote {grid} and {plot}")
+        typer.echo(f"wrote {grid}")

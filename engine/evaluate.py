@@ -1,8 +1,13 @@
-"""`gcomp eval`: completion quality per mask kind, beside OpenCV's inpainting on the same images.
+"""`gcomp eval`: completion quality per mask kind, beside OpenCV's inpainting on the same inputs.
 
-Metrics on uint8 RGB images: PSNR over the whole image (peak 255) and over the hole alone, SSIM
-over the whole image (Wang et al. 2004: Gaussian window 11, sigma 1.5, per channel, averaged),
-and mean L1 over the hole in [0, 1] units. The paper's Table 1 does not state its PSNR
+What is scored is what `gcomp complete` writes: every input gets noise in its hole first (no method may
+depend on the hole's old content), goes through the files path, and the written files are read back.
+
+Metrics on uint8 RGB images against the original: PSNR over the whole image (peak 255) and over the hole
+alone; SSIM over the whole image, scikit-image's convention (`structural_similarity(a, b, channel_axis=2,
+gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)`: Wang et al. 2004, an 11x11
+Gaussian window of sigma 1.5, K = 0.01, 0.03, population covariances, per channel, averaged, the 5-px
+border left out); mean L1 over the hole in [0, 1] units. The paper's Table 1 does not state its PSNR
 convention, so both PSNRs are reported and OpenCV is always measured beside.
 """
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 
 from . import images
 from .jobs import iter_inputs
-from .masks import MaskSpec
+from .masks import MaskSpec, image_rng
 from .options import CompleteOptions
 
 if TYPE_CHECKING:
@@ -40,7 +45,7 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM over channels with an 11x11 Gaussian window (sigma 1.5), C1/C2 from K = 0.01, 0.03."""
+    """SSIM as scikit-image computes it (see the module's docstring), per channel, averaged."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     a = a.astype(np.float64).reshape(a.shape[0], a.shape[1], -1)
     b = b.astype(np.float64).reshape(b.shape[0], b.shape[1], -1)
@@ -102,91 +107,93 @@ class KindResult:
     mask: str
     n: int = 0
     scores: dict = field(default_factory=dict)  # method -> metric -> mean
-    psnr_by_iter: list = field(default_factory=list)  # (iteration, mean whole-image PSNR)
-    seconds: float = 0.0
+    seconds: float = 0.0  # gcomp's time for the kind: writing inputs, `complete_files`, reading outputs
+    images_per_s: float = 0.0
     search: dict = field(default_factory=dict)  # the settings used, after the model's defaults
+    blend: str = ""
+
+
+def noisy_input(rgb: np.ndarray, known: np.ndarray, key: str, seed: int = 0) -> np.ndarray:
+    """The image with its hole overwritten by uniform noise, seeded by (seed, name): what eval feeds every
+    method. Real inputs carry unwanted content in the hole; a method whose result depends on it would score
+    differently here than on the true image, so nothing may read the hole."""
+    noise = image_rng(seed, key, stream=7).integers(0, 256, rgb.shape, dtype=np.uint8)
+    return np.where(known.astype(bool)[:, :, None], rgb, noise)
 
 
 def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern"), opts: CompleteOptions | None = None,
-             limit: int | None = 100, curve_every: int | None = None, log=print) -> tuple[list[KindResult], dict]:
-    """Complete `limit` images of `data` per mask kind with an open model (the public API, as `gcomp
-    complete` does); returns per-kind means and the picture rows.
+             limit: int | None = 100, log=print, work_dir: str | Path | None = None,
+             pictures_per_kind: int = 8) -> tuple[list[KindResult], dict]:
+    """Score `limit` images of `data` per mask kind, measuring exactly what `gcomp complete` writes.
 
-    curve_every: record the whole-image PSNR every N iterations (None: iters / 20; 0: never)."""
-    opts = model.options(replace(opts or CompleteOptions(), face="off"))  # eval images are at the model's size
-    if curve_every is None:
-        curve_every = max(opts.search.iters // 20, 1)
+    Per kind: each image (resized to the model's size) gets the kind's mask and uniform noise in its hole
+    (noisy_input), is written as PNG under WORK/KIND/input/, completed by the open model's `complete_files`
+    (the code path of `gcomp complete`) into WORK/KIND/output/, read back and scored against the original;
+    cv2.inpaint (Telea, NS) runs on the same noisy inputs. work_dir None: a temporary folder, removed after.
+    Returns per-kind means and the picture rows (noisy input | gcomp | Telea | NS | original)."""
+    import tempfile
+
+    opts = replace(opts or CompleteOptions(), face="off", overwrite=True)  # eval images are at the model's size
     size = model.size
-    faces = [(k, cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[:2] != (size, size) else im)
+    faces = [(_png_key(k), cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[:2] != (size, size) else im)
              for k, im in read_images(data, limit)]
     if not faces:
         raise ValueError(f"no readable images in {data}")
-    results, pictures = [], {}
-    for kind in masks:
-        spec = ALIASES.get(kind, kind)
+    kinds = [(kind, ALIASES.get(kind, kind)) for kind in masks]
+    for _, spec in kinds:
         MaskSpec.parse(spec)  # an unknown kind fails before any work
-        res = KindResult(kind, n=len(faces), search=opts.search.as_dict())
-        per = {m: [] for m in ("gcomp", "telea", "ns")}
-        curve: dict[int, list[float]] = {}
-        t0 = time.perf_counter()
-        for start in range(0, len(faces), opts.batch_size):
-            batch = [model.prepare(rgb, spec, name=key, options=opts) for key, rgb in faces[start:start + opts.batch_size]]
-            on_prog = None
-            if curve_every:
-                def on_prog(i, z, batch=batch):
-                    if (i + 1) % curve_every == 0:
-                        x = model.backend.generate(z[: len(batch)])
-                        for p, xi in zip(batch, x):
-                            out = np.where(p.known.astype(bool)[:, :, None], p.image.rgb, images.from_model_output(xi))
-                            curve.setdefault(i + 1, []).append(psnr(out, p.image.rgb))
-            outs, _ = model.complete_prepared(batch, opts, on_prog)
-            for p, out in zip(batch, outs):
-                truth = p.image.rgb
-                per["gcomp"].append(metrics(out, truth, p.known))
-                tel = opencv_inpaint(truth, p.known, "telea")
-                per["telea"].append(metrics(tel, truth, p.known))
-                per["ns"].append(metrics(opencv_inpaint(truth, p.known, "ns"), truth, p.known))
-                if len(pictures.setdefault(kind, [])) < 8:
-                    masked = (truth * p.known[:, :, None]).astype(np.uint8)
-                    pictures[kind].append([masked, out, tel, truth])
-        res.seconds = time.perf_counter() - t0
-        res.scores = {m: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for m, rows in per.items()}
-        res.psnr_by_iter = [(i, float(np.mean(v))) for i, v in sorted(curve.items())]
-        log(f"{kind}: gcomp {res.scores['gcomp']['psnr']:.2f} dB, Telea {res.scores['telea']['psnr']:.2f} dB "
-            f"({res.n} images, {res.seconds:.1f} s)")
-        results.append(res)
+    tmp = tempfile.TemporaryDirectory(prefix="gcomp-eval-") if work_dir is None else None
+    root = Path(tmp.name if tmp else work_dir)
+    results, pictures = [], {}
+    try:
+        for kind, spec_text in kinds:
+            spec = MaskSpec.parse(spec_text)
+            kopts = replace(opts, mask=spec_text)
+            res = KindResult(kind, n=len(faces), search=model.options(kopts).search.as_dict(), blend=kopts.blend)
+            src, dst = root / kind / "input", root / kind / "output"
+            t0 = time.perf_counter()
+            inputs = {}
+            for key, rgb in faces:
+                known = spec.known(key, rgb.shape[:2], size, opts.seed)
+                inputs[key] = (noisy_input(rgb, known, key, opts.seed), known)
+                images.write_rgb(src / key, inputs[key][0])
+            summary = model.complete_files(src, dst, kopts)
+            if summary.failed:
+                raise ValueError(f"{len(summary.failed)} of {len(faces)} images failed: {summary.failed[0]['error']}")
+            outs = {key: images.read(dst / key).rgb for key, _ in faces}
+            res.seconds = time.perf_counter() - t0
+            res.images_per_s = len(faces) / res.seconds
+            per = {m: [] for m in ("gcomp", "telea", "ns")}
+            for key, truth in faces:
+                noisy, known = inputs[key]
+                fills = {"gcomp": outs[key], "telea": opencv_inpaint(noisy, known, "telea"),
+                         "ns": opencv_inpaint(noisy, known, "ns")}
+                for m, img in fills.items():
+                    per[m].append(metrics(img, truth, known))
+                if len(pictures.setdefault(kind, [])) < pictures_per_kind:
+                    pictures[kind].append([noisy, fills["gcomp"], fills["telea"], fills["ns"], truth])
+            res.scores = {m: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for m, rows in per.items()}
+            log(f"{kind}: gcomp {res.scores['gcomp']['psnr']:.2f} dB / SSIM {res.scores['gcomp']['ssim']:.3f}, "
+                f"Telea {res.scores['telea']['psnr']:.2f} / {res.scores['telea']['ssim']:.3f}, "
+                f"NS {res.scores['ns']['psnr']:.2f} / {res.scores['ns']['ssim']:.3f} "
+                f"({res.n} images, {res.images_per_s:.1f} images/s)")
+            results.append(res)
+    finally:
+        if tmp:
+            tmp.cleanup()
     return results, pictures
 
 
-def picture_grid(pictures: dict) -> np.ndarray:
-    """Rows: per mask kind, for each image: masked input | gcomp | Telea | original."""
-    tiles = []
-    cols = 0
-    for kind, rows in pictures.items():
-        for quad in rows[:4]:
-            tiles.extend(quad)
-        cols = 16
-    return images.grid(tiles, cols=cols if tiles else 1)
+def _png_key(key: str) -> str:
+    """Eval's inputs are written losslessly (PNG) whatever the data set's format."""
+    return Path(key).with_suffix(".png").as_posix()
 
 
-def curve_plot(results: list[KindResult], width: int = 640, height: int = 400) -> np.ndarray:
-    """A plain line plot of whole-image PSNR against iterations, drawn with OpenCV (no matplotlib)."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    pts_all = [p for r in results for p in r.psnr_by_iter]
-    if not pts_all:
-        return img
-    x0, x1 = 0, max(i for i, _ in pts_all)
-    y0, y1 = min(v for _, v in pts_all) - 0.5, max(v for _, v in pts_all) + 0.5
-    L, R, T, B = 60, 20, 20, 50
-    sx = lambda i: int(L + (width - L - R) * (i - x0) / max(x1 - x0, 1))  # noqa: E731
-    sy = lambda v: int(height - B - (height - T - B) * (v - y0) / max(y1 - y0, 1e-9))  # noqa: E731
-    cv2.rectangle(img, (L, T), (width - R, height - B), (0, 0, 0), 1)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
-    for n, r in enumerate(results):
-        pts = np.array([(sx(i), sy(v)) for i, v in r.psnr_by_iter], np.int32)
-        c = colours[n % len(colours)][::-1]
-        cv2.polylines(img, [pts], False, c, 2, cv2.LINE_AA)
-        cv2.putText(img, r.mask, (L + 10, T + 20 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.5, c, 1, cv2.LINE_AA)
-    cv2.putText(img, f"iterations (0..{x1})", (width // 2 - 60, height - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, f"PSNR dB {y0:.1f}..{y1:.1f}", (5, T + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    return img
+def picture_grid(pictures: dict, per_row: int = 2) -> np.ndarray:
+    """Per mask kind, `per_row` images a row, each as: noisy input | gcomp | Telea | NS | original."""
+    tiles, cols = [], 1
+    for rows in pictures.values():
+        for group in rows:
+            tiles.extend(group)
+            cols = per_row * len(group)
+    return images.grid(tiles, cols=cols)

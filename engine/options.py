@@ -14,7 +14,7 @@ class CompleteOptions:
     search: SearchParams = field(default_factory=SearchParams)
     batch_size: int = 64
     restarts: int = 1
-    blend: str = "none"
+    blend: str = "auto"  # see engine/blend.py: AUTO, chosen by measurement
     seed: int = 0
     overwrite: bool = False
     save_progress: bool = False

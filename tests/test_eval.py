@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gcomp.engine.evaluate import hole_l1, metrics, opencv_inpaint, psnr, read_images, ssim
+from gcomp.engine import images
+from gcomp.engine.evaluate import hole_l1, metrics, noisy_input, opencv_inpaint, psnr, read_images, ssim
 from gcomp.engine.masks import make_mask
 
 
@@ -23,15 +24,99 @@ def test_psnr_by_hand():
     assert hole_l1(a, b, where) == pytest.approx(16 / 6 / 255)
 
 
-def test_ssim_against_scikit_image():
+def test_ssim_is_scikit_images_convention():
+    """Per channel, Gaussian window sigma 1.5, population covariance, averaged: scikit-image's numbers."""
     skm = pytest.importorskip("skimage.metrics")
     rng = np.random.default_rng(0)
-    a = cv2.GaussianBlur(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), (5, 5), 2)
-    b = np.clip(a.astype(int) + rng.integers(-20, 20, a.shape), 0, 255).astype(np.uint8)
-    ref = skm.structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, data_range=255)
-    assert ssim(a, b) == pytest.approx(ref, abs=0.02)
-    assert ssim(a, a) == pytest.approx(1.0)
+    for shape in ((32, 32, 3), (64, 48, 3)):
+        a = cv2.GaussianBlur(rng.integers(0, 255, shape, dtype=np.uint8), (5, 5), 2)
+        b = np.clip(a.astype(int) + rng.integers(-20, 20, a.shape), 0, 255).astype(np.uint8)
+        ref = skm.structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=255)
+        assert ssim(a, b) == pytest.approx(ref, abs=1e-6)
+        gray = skm.structural_similarity(a[:, :, 0], b[:, :, 0], gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False, data_range=255)
+        assert ssim(a[:, :, :1], b[:, :, :1]) == pytest.approx(gray, abs=1e-6)
+
+
+def test_a_true_fill_scores_perfect_and_a_red_blue_swap_does_not():
+    rng = np.random.default_rng(1)
+    truth = cv2.GaussianBlur(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), (5, 5), 2)
+    known = make_mask("center", 32)
+    m = metrics(truth.copy(), truth, known)
+    assert m["psnr"] == float("inf") and m["psnr_hole"] == float("inf") and m["ssim"] == pytest.approx(1.0)
+    assert m["l1_hole"] == 0
+    swapped = truth[:, :, ::-1]
+    assert metrics(swapped, truth, known)["psnr"] < 40
+
+
+def test_noisy_input_keeps_the_known_pixels_and_is_seeded_by_name():
+    truth = np.full((16, 16, 3), 100, np.uint8)
+    known = make_mask("center", 16)
+    a, b = noisy_input(truth, known, "a.png"), noisy_input(truth, known, "b.png")
+    assert np.array_equal(a[known > 0], truth[known > 0]) and not np.array_equal(a[known == 0], truth[known == 0])
+    assert np.array_equal(a, noisy_input(truth, known, "a.png")) and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
+def test_outputs_never_depend_on_the_holes_content(backend, tiny_ckpt):
+    """Every blend and backend: the same written bytes whatever the input held in its hole."""
+    import gcomp
+
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    model = tiny_ckpt if backend == "torch" else None
+    rng = np.random.default_rng(2)
+    with gcomp.open_model(model, backend=backend, **({"precision": "fp32"} if backend == "openvino" else {})) as m:
+        s = m.size
+        truth = cv2.GaussianBlur(rng.integers(0, 255, (s, s, 3), dtype=np.uint8), (5, 5), 2)
+        for kind in ("center", "left", "random"):
+            known = make_mask(kind, s, rng=np.random.default_rng(0))
+            hole = known == 0
+            black, noise = truth.copy(), truth.copy()
+            black[hole] = 0
+            noise[hole] = rng.integers(0, 256, (int(hole.sum()), 3), dtype=np.uint8)
+            for blend in ("none", "poisson", "auto"):
+                outs = [images.encode(cv2.cvtColor(m.complete(x, hole, iters=3, blend=blend), cv2.COLOR_RGB2BGR), ".png")
+                        for x in (truth, black, noise)]
+                assert outs[0] == outs[1] == outs[2], (backend, kind, blend)
+
+
+def test_eval_scores_equal_an_independent_scoring_of_completes_files(tmp_path):
+    """gcomp eval (noise in the hole) == `gcomp complete` run by hand on those inputs, scored by scikit-image."""
+    skm = pytest.importorskip("skimage.metrics")
+    from synth import make_faces
+
+    from gcomp.cli.app import app
+
+    make_faces(tmp_path / "faces", n=5, size=64)
+    work, js = tmp_path / "work", tmp_path / "e.json"
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "faces"), "--mask", "center,half", "--iters", "2",
+                                 "--json", str(js), "--out", str(work), "--grid", str(tmp_path / "grid.png")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert cv2.imread(str(tmp_path / "grid.png")) is not None
+    for res in rep["results"]:
+        kind = res["mask"]
+        inp, out = work / kind / "input", work / kind / "output"
+        again = tmp_path / f"again-{kind}"
+        r = CliRunner().invoke(app, ["complete", str(inp), str(again), "--mask", {"half": "left"}.get(kind, kind),
+                                     "--iters", "2", "--face", "off", "--no-progress"])
+        assert r.exit_code == 0, r.output
+        psnrs, ssims = [], []
+        for truth_path in sorted((tmp_path / "faces").glob("*.png")):
+            written = (again / truth_path.name).read_bytes()
+            assert written == (out / truth_path.name).read_bytes()  # eval scored exactly these files
+            truth = cv2.cvtColor(cv2.imread(str(truth_path)), cv2.COLOR_BGR2RGB)
+            got = cv2.cvtColor(cv2.imread(str(again / truth_path.name)), cv2.COLOR_BGR2RGB)
+            noisy = cv2.cvtColor(cv2.imread(str(inp / truth_path.name)), cv2.COLOR_BGR2RGB)
+            known = np.all(noisy == truth, axis=2)  # noise equals the truth by chance on ~0 pixels
+            assert np.array_equal(got[known], truth[known])  # the known pixels, channels in order
+            psnrs.append(skm.peak_signal_noise_ratio(truth, got, data_range=255))
+            ssims.append(skm.structural_similarity(truth, got, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                                   use_sample_covariance=False, data_range=255))
+        assert res["scores"]["gcomp"]["psnr"] == pytest.approx(np.mean(psnrs), abs=0.01)
+        assert res["scores"]["gcomp"]["ssim"] == pytest.approx(np.mean(ssims), abs=1e-4)
 
 
 def test_opencv_baselines_fill_the_hole_smoothly():
@@ -66,8 +151,6 @@ def test_eval_cli_on_a_tar(tiny_ckpt, tmp_path):
     for x in rep["results"]:
         assert x["n"] == 4 and set(x["scores"]) == {"gcomp", "telea", "ns"}
         assert 0 < x["scores"]["telea"]["psnr"] < 100 and -1 <= x["scores"]["gcomp"]["ssim"] <= 1
-        assert [i for i, _ in x["psnr_by_iter"]] == list(range(1, 11))
     g = cv2.imread(str(grid))
-    assert g is not None and g.shape[1] > 16 * 32
-    assert cv2.imread(str(tmp_path / "grid_psnr.png")) is not None
+    assert g is not None and g.shape[1] > 10 * 32
     assert "cv2.inpaint Telea" in r.stdout and "Context Encoder" in r.stdout
