@@ -21,6 +21,8 @@ from ..engine.api import open_model
 from ..engine.backends import backend_class
 from ..engine.masks import make_mask
 from ..engine.search import SearchParams, momentum_update
+from .flops import flops_per_iteration  # noqa: F401 (tests and callers import it from here)
+from .machine import cpu_model
 
 BASELINE_BATCH = 64
 PAUSE_S = 0.2  # interleaved runs: ONNX Runtime's and OpenVINO's idle worker threads spin for a while
@@ -30,24 +32,6 @@ UNSUPPORTED = {("torch", "fp16"): "the torch backend computes in fp32, tf32 (CUD
 # Dense peak FLOP/s by (device-name fragment, precision), from NVIDIA's data sheets (SXM parts).
 PEAKS = {("H100", "fp32"): 67e12, ("H100", "tf32"): 495e12, ("H100", "fp16"): 989e12, ("H100", "bf16"): 989e12,
          ("H200", "fp32"): 67e12, ("H200", "tf32"): 495e12, ("H200", "fp16"): 989e12, ("H200", "bf16"): 989e12}
-
-
-def flops_per_iteration(size: int, zdim: int, gf: int, df: int, channels: int = 3) -> float:
-    """FLOPs of one search iteration for one image: G and D forward, then the input-gradient
-    backward through both (the same multiply-adds again); weight gradients are not needed."""
-    n = int(np.log2(size)) - 2
-    gw = [gf * 2 ** (n - 1 - i) for i in range(n)] + [channels]
-    macs = zdim * 16 * gw[0]
-    res = 4
-    for cin, cout in zip(gw[:-1], gw[1:]):
-        macs += cin * cout * 25 * res * res  # transposed conv: every input pixel scatters a 5x5 kernel
-        res *= 2
-    dw = [channels] + [df * 2**i for i in range(n)]
-    for cin, cout in zip(dw[:-1], dw[1:]):
-        res //= 2
-        macs += cin * cout * 25 * res * res
-    macs += dw[-1] * 16
-    return 2 * 2 * macs  # 2 FLOPs per MAC, forward + input-backward
 
 
 @dataclass
@@ -83,15 +67,8 @@ class Timing:
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor(),
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
             "cores": os.cpu_count(), "gpu": None, "libraries": {}}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     for mod in ("numpy", "onnxruntime", "openvino", "torch", "cv2", "onnx"):
         try:
             info["libraries"][mod] = __import__(mod).__version__

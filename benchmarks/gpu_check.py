@@ -48,6 +48,8 @@ import time
 import traceback
 from pathlib import Path
 
+from gcomp.benchmarks.flops import flops_per_iteration  # noqa: F401 (the repo root is on PYTHONPATH as gcomp)
+
 ROOT = Path(__file__).resolve().parent.parent  # the repository root, which is the `gcomp` package
 SCHEMA = "gcomp-gpu-check/1"
 PHASES = ("machine", "bench", "profile", "e2e", "pytest")  # pytest last: it takes what time is left
@@ -119,25 +121,6 @@ def run_logged(cmd: list[str], timeout: float, env: dict, cwd: Path | None = Non
         timed_out = True
     return {"cmd": cmd, "exit_code": p.returncode, "timed_out": timed_out, "seconds": time.perf_counter() - t0,
             "output": out or ""}
-
-
-def flops_per_iteration(size: int, zdim: int, gf: int, df: int, channels: int = 3) -> float:
-    """FLOPs of one search iteration for one image: G and D forward plus the input-gradient backward through
-    both (the same multiply-adds again). 1.3009e9 for the seed's 64x64 gf = df = 64 model (DESIGN.md 5)."""
-    import math
-
-    n = int(math.log2(size)) - 2
-    gw = [gf * 2 ** (n - 1 - i) for i in range(n)] + [channels]
-    macs, res = zdim * 16 * gw[0], 4
-    for cin, cout in zip(gw[:-1], gw[1:]):
-        macs += cin * cout * 25 * res * res
-        res *= 2
-    dw = [channels] + [df * 2**i for i in range(n)]
-    for cin, cout in zip(dw[:-1], dw[1:]):
-        res //= 2
-        macs += cin * cout * 25 * res * res
-    macs += dw[-1] * 16
-    return 4.0 * macs
 
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -327,16 +310,11 @@ def phase_machine(cfg: dict) -> dict:
     import numpy as np  # noqa: F401
     import torch
 
+    from gcomp.benchmarks.machine import cpu_model
+
     m: dict = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
-               "cpu": platform.processor(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+               "cpu": cpu_model(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
                "cudnn": None, "gpu": None, "libraries": {}}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                m["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         m["cudnn"] = torch.backends.cudnn.version()
     except Exception:

@@ -19,6 +19,16 @@ def tiny_ckpt(tmp_path_factory):
     return checkpoint.save(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", cfg, G, D, step=0)
 
 
+@pytest.fixture(scope="session")
+def exported(tiny_ckpt, tmp_path_factory):
+    """tiny_ckpt exported to ONNX (fp32, dynamic batch), without validation."""
+    from gcomp.export import export_model
+
+    out = tmp_path_factory.mktemp("export")
+    export_model(tiny_ckpt, out, validate=False)
+    return out
+
+
 @pytest.fixture
 def faces(tmp_path):
     return make_faces(tmp_path / "in")

@@ -69,15 +69,6 @@ ARGS = ["--mask", "random:0.6", "--seed", "3", "--restarts", "2", "--blend", "po
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory):
-    from gcomp.export import export_model
-
-    out = tmp_path_factory.mktemp("export")
-    export_model(tiny_ckpt, out, validate=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     from synth import make_faces
 

@@ -80,15 +80,6 @@ def test_openvino_auto_precision_follows_the_cpu(bf16, monkeypatch):
     assert pick_precision("fp32") == "fp32" and pick_precision("bf16") == "bf16"  # asked for: never changed
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory):
-    pytest.importorskip("torch")
-    from gcomp.export import export_model
-
-    out = tmp_path_factory.mktemp("cpumatrix")
-    export_model(tiny_ckpt, out, validate=False)
-    return out
-
 
 def openvino_computes_bf16() -> bool:
     import openvino as ov

@@ -32,15 +32,6 @@ def test_missing_openvino_says_what_to_install(tmp_path, monkeypatch):
         open_backend(tmp_path, "openvino").activate()
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory):
-    pytest.importorskip("torch")
-    from gcomp.export import export_model
-
-    out = tmp_path_factory.mktemp("ovexport")
-    export_model(tiny_ckpt, out, validate=False)
-    return out
-
 
 def test_matches_the_torch_reference_and_caches(tiny_ckpt, exported):
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")

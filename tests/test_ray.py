@@ -38,15 +38,6 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory):
-    from gcomp.export import export_model
-
-    out = tmp_path_factory.mktemp("export")
-    export_model(tiny_ckpt, out, validate=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     src = tmp_path_factory.mktemp("ray") / "in"
     make_faces(src, n=6)

@@ -17,14 +17,6 @@ from gcomp.engine.complete import CompleteOptions, complete  # noqa: E402
 from gcomp.engine.search import SearchParams  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory):
-    from gcomp.export import export_model
-
-    out = tmp_path_factory.mktemp("export")
-    export_model(tiny_ckpt, out, validate=False)
-    return out
-
 
 def psnr(a, b):
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
