@@ -50,6 +50,8 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     summary = Summary(settings=job_settings(src, dst, model.source, be.name, model.device, spec, opts,
                                             str(encoder.path) if encoder else None, be.settings()))
     todo, summary.skipped = list_todo(src, dst, opts)
+    if not todo and not summary.skipped:
+        log(f"note: no images under {src} ({', '.join(images.SUFFIXES)})")
 
     def fail(item: Item, err: Exception) -> None:
         log(f"error: {error_text(item.key, str(item.path), err)}")

@@ -29,7 +29,6 @@ from .options import CompleteOptions
 if TYPE_CHECKING:
     from .api import Model
 
-ALIASES = {"half": "left"}  # the paper's "half" mask is the left half
 PAPER_PSNR = {"center": (21.3, 19.4), "pattern": (19.2, 17.4), "random": (20.6, 22.8), "half": (15.5, 13.7)}
 OPENCV = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 INPAINT_RADIUS = 3
@@ -139,16 +138,15 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
              for k, im in read_images(data, limit)]
     if not faces:
         raise ValueError(f"no readable images in {data}")
-    kinds = [(kind, ALIASES.get(kind, kind)) for kind in masks]
-    for _, spec in kinds:
-        MaskSpec.parse(spec)  # an unknown kind fails before any work
+    for kind in masks:
+        MaskSpec.parse(kind)  # an unknown kind fails before any work ("half" is masks.ALIASES' left half)
     tmp = tempfile.TemporaryDirectory(prefix="gcomp-eval-") if work_dir is None else None
     root = Path(tmp.name if tmp else work_dir)
     results, pictures = [], {}
     try:
-        for kind, spec_text in kinds:
-            spec = MaskSpec.parse(spec_text)
-            kopts = replace(opts, mask=spec_text)
+        for kind in masks:
+            spec = MaskSpec.parse(kind)
+            kopts = replace(opts, mask=kind)
             res = KindResult(kind, n=len(faces), search=model.options(kopts).search.as_dict(), blend=kopts.blend)
             src, dst = root / kind / "input", root / kind / "output"
             t0 = time.perf_counter()

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 KINDS = ("center", "random", "left", "right", "top", "bottom", "grid", "lowres", "pattern", "full")
+ALIASES = {"half": "left"}  # the paper's "half" mask is the left half
 DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern": 0.25}
 WEIGHT_WINDOW = 7  # the paper's neighbourhood for the weighted context loss
 
@@ -37,8 +38,8 @@ def make_mask(kind: str, size: int, param: float | None = None, rng: np.random.G
     m = np.ones((size, size), np.float32)
     h = size // 2
     if kind == "center":
-        if not 0 < p <= 0.5:
-            raise MaskError(f"center scale must be in (0, 0.5], got {p}")
+        if not 0 < p < 0.5:
+            raise MaskError(f"center scale must be in (0, 0.5), got {p}")
         lo, hi = int(size * p), int(size * (1 - p))
         m[lo:hi, lo:hi] = 0
     elif kind == "random":
@@ -54,17 +55,23 @@ def make_mask(kind: str, size: int, param: float | None = None, rng: np.random.G
     elif kind == "bottom":
         m[h:, :] = 0
     elif kind == "grid":  # keep every p-th row and column (lines), fill the cells between them
-        step = max(int(p), 2)
+        step = _step(kind, p)
         m[:] = 0
         m[::step, :] = 1
         m[:, ::step] = 1
     elif kind == "lowres":  # keep one pixel in p x p: the seed's low-resolution case
-        step = max(int(p), 2)
+        step = _step(kind, p)
         m[:] = 0
         m[::step, ::step] = 1
     elif kind == "pattern":  # random blobs, like the paper's (Context Encoder) pattern masks
         m = _blobs(size, p, rng)
     return m
+
+
+def _step(kind: str, p: float) -> int:
+    if p != int(p) or p < 2:
+        raise MaskError(f"{kind} step must be an integer >= 2, got {p:g}")
+    return int(p)
 
 
 def _blobs(size: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -122,7 +129,10 @@ class MaskSpec:
     def parse(cls, spec: str) -> "MaskSpec":
         """'center', 'center:0.3', 'random:0.5', or a path to a mask file or a folder of masks."""
         name, _, arg = spec.partition(":")
+        name = ALIASES.get(name, name)
         if name in KINDS:
+            if arg and name not in DEFAULT_PARAM:
+                raise MaskError(f"--mask {spec!r}: the {name} mask takes no parameter")
             try:
                 param = float(arg) if arg else None
             except ValueError:
@@ -138,9 +148,14 @@ class MaskSpec:
                 raise MaskError(f"--mask {spec!r} leaves nothing to fill")
             return cls(kind=name, param=param)
         p = Path(spec)
+        if p.is_file():  # one mask for every image: read and checked once, before any image
+            if read_mask_file(p).min() == 1:
+                raise MaskError(f"{p}: the mask leaves nothing to fill (white = fill)")
+            return cls(path=p)
         if p.exists():
             return cls(path=p)
-        raise MaskError(f"--mask {spec!r} is neither a kind ({', '.join(KINDS)}) nor an existing file or folder")
+        kinds = ", ".join(k for k in KINDS if k != "full")
+        raise MaskError(f"--mask {spec!r} is neither a kind ({kinds}; half = left) nor an existing file or folder")
 
     def describe(self) -> str:
         if self.path is not None:

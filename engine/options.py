@@ -24,8 +24,10 @@ class CompleteOptions:
     init: str = "auto"  # starting latent: auto (the model's encoder if it has one), encoder, random
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.restarts < 1:
-            raise ValueError("batch size and restarts must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.restarts < 1:
+            raise ValueError(f"--restarts must be >= 1, got {self.restarts}")
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.face not in FACE_MODES:

@@ -100,7 +100,7 @@ def test_eval_scores_equal_an_independent_scoring_of_completes_files(tmp_path):
         kind = res["mask"]
         inp, out = work / kind / "input", work / kind / "output"
         again = tmp_path / f"again-{kind}"
-        r = CliRunner().invoke(app, ["complete", str(inp), str(again), "--mask", {"half": "left"}.get(kind, kind),
+        r = CliRunner().invoke(app, ["complete", str(inp), str(again), "--mask", kind,
                                      "--iters", "2", "--face", "off", "--no-progress"])
         assert r.exit_code == 0, r.output
         psnrs, ssims = [], []

@@ -171,10 +171,25 @@ def test_every_option_is_checked_before_any_work(tmp_path):
     for f in DEFAULT_MODEL.glob("*.onnx"):
         (export / f.name).write_bytes(f.read_bytes())
     (tmp_path / "other.onnx").write_bytes((export / "encoder.onnx").read_bytes())
+    text_mask, black_mask = tmp_path / "text.png", tmp_path / "black.png"
+    text_mask.write_text("not an image")
+    cv2.imwrite(str(black_mask), np.zeros((64, 64), np.uint8))  # black = keep everything
     out = tmp_path / "out"
     cases = [
         (["--device", "tpu"], ["--device 'tpu'", "cpu, cuda or cuda:N"]),
-        (["--mask", "center:0.9"], ["center:0.9", "(0, 0.5]"]),
+        (["--mask", "center:0.9"], ["center:0.9", "(0, 0.5)"]),
+        (["--mask", "grid:1"], ["grid:1", "integer >= 2"]),
+        (["--mask", "left:3"], ["left:3", "no parameter"]),
+        (["--mask", str(text_mask)], ["not a readable image"]),
+        (["--mask", str(black_mask)], ["black.png", "nothing to fill"]),
+        (["--threads", "0"], ["--threads", "positive integer"]),
+        (["--streams", "-1"], ["--streams", "positive integer"]),
+        (["--lr", "nan"], ["--lr", "positive"]),
+        (["--lr", "-1"], ["--lr", "positive"]),
+        (["--momentum", "7"], ["--momentum", "[0, 1)"]),
+        (["--lam", "-3"], ["--lam", ">= 0"]),
+        (["--early-stop", "-4"], ["--early-stop", ">= 0"]),
+        (["--restarts", "0"], ["--restarts", ">= 1"]),
         (["--mask", "center:x"], ["center:x", "number"]),
         (["--mask", "full"], ["full", "nothing to fill"]),
         (["--mask", "random:0"], ["random:0", "nothing to fill"]),

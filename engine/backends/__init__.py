@@ -106,6 +106,9 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
         device = "cuda" if device == "cpu" else device
     if device.split(":")[0] not in [d.strip() for d in fmt.devices.split(",")]:
         raise BackendError(f"--device {device}: the {name} backend runs on {fmt.devices} only")
+    for k in ("threads", "streams"):  # counts of CPU threads / concurrent requests
+        if options.get(k) is not None and (isinstance(options[k], bool) or not isinstance(options[k], int) or options[k] < 1):
+            raise BackendError(f"--{k} must be a positive integer, got {options[k]!r}")
     wrong = [k for k in options if k not in cls.options]
     if wrong:
         chose = f" (--backend auto chose {why})" if why else ""
