@@ -430,7 +430,8 @@ def phase_pytest(cfg: dict) -> dict:
             name = f"{case.get('classname', '')}::{case.get('name', '')}"
             kids = {c.tag: c for c in case}
             if "skipped" in kids:
-                reason = kids["skipped"].get("message", "")
+                # A module-level skip's message is just "collection skipped"; its reason is in the element's text.
+                reason = " ".join(filter(None, [kids["skipped"].get("message", ""), (kids["skipped"].text or "").strip()]))
                 res["skipped"] += 1
                 res["skips"].append({"test": name, "reason": reason, "allowed": bool(ALLOWED_SKIP.search(reason))})
                 outcome = "skipped"

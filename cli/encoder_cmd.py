@@ -18,6 +18,7 @@ def train_encoder(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine schedule to 0)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the init, the data order and the masks."),
     precision: str = typer.Option("fp32", "--precision", help="Weight storage: fp32, fp16 or bf16 (half the file); computed in fp32."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu or cuda."),
 ):
     """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
     try:
@@ -29,7 +30,7 @@ def train_encoder(
         raise fail("training needs PyTorch: pip install 'gcomp[train]'") from None
     try:
         pt = run(EncoderConfig(model=str(checkpoint), data=tuple(str(d) for d in data), out=str(out), steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed), log=lambda m: typer.echo(m, err=True))
+                               batch_size=batch_size, lr=lr, seed=seed, device=device), log=lambda m: typer.echo(m, err=True))
         path = export_encoder(pt, out, precision)
     except (CheckpointError, DataError, ValueError) as e:
         raise fail(str(e)) from None
