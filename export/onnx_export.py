@@ -19,7 +19,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..engine.backends.exported import (GENERATOR_FILE, GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_FILE,  # noqa: F401
                                         STEP_INPUTS, STEP_OUTPUTS, WEIGHTS_KEY)
-from .metadata import (CONVENTIONS, DEFAULT_LICENSE, MASK_CONVENTION, RECOMMENDED, SEED_DEFAULTS,  # noqa: F401
+from .metadata import (CONVENTIONS, DEFAULT_LICENSE, MASK_CONVENTION, RECOMMENDED,  # noqa: F401
                        parse_recommend, write_metadata)
 from .validate import example_inputs
 
