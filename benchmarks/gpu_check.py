@@ -11,10 +11,14 @@ Phases, each in its own time-boxed subprocess (a CUDA error or a hang in one is 
 2. bench     the seed-faithful loop (the reference module's autograd gradient, copied to the host, the
              momentum update in numpy, z fed back: the seed's sess.run loop) at batch 64; the autograd
              reference with the update on the device; the torch fast path in fp32 / tf32 / bf16, with and
-             without CUDA graphs, at each batch; ONNX Runtime CUDA if onnxruntime-gpu is importable.
+             without CUDA graphs, at each batch; bf16 with CUDA graphs also with the tuned kernels (channels-
+             last, the image padded to 8 channels, fused activation backwards; train/adjoint.py), and each
+             lever alone plus torch.compile at the largest batch; ONNX Runtime CUDA if onnxruntime-gpu is
+             importable.
              Per-step time is the difference of two timed searches (long - short) / (steps difference),
              so the per-search fixed cost (host-to-device copies, the final loss) is reported apart.
-3. profile   torch.profiler over a few eager bf16 steps at the largest batch: kernels by GPU time, grouped
+3. profile   torch.profiler over a few eager bf16 steps at the largest batch, with the portable and with the
+             tuned kernels: kernels by GPU time, grouped
              (convolution / GEMM, elementwise, reductions, copies), the GPU's busy share of a CUDA-graph
              step, and the convolutions' achieved FLOP/s: what bounds the bf16 path.
 4. e2e       `python -m gcomp complete` on a few thousand synthetic faces (PNG), torch backend, bf16, the
@@ -23,7 +27,7 @@ Phases, each in its own time-boxed subprocess (a CUDA error or a hang in one is 
              onnxruntime-gpu is allowed; anything else, e.g. "no CUDA GPU", is not). Last: it gets the time left.
 
 Results: OUT/gpu_check.json, OUT/gpu_check.md, OUT/gpu_check.log (each phase's output), OUT/pytest_gpu.log,
-OUT/profile.txt, OUT/e2e.log. The JSON is rewritten after every phase, so a run cut short keeps what finished.
+OUT/profile-<kernels>.txt, OUT/e2e.log. The JSON is rewritten after every phase, so a run cut short keeps what finished.
 
 Models: the seed's DCGAN (64x64, gf = df = 64, z 100; --dry: 32x32, gf = df = 8, z 16) with random weights
 and BatchNorm statistics calibrated by a few forward passes (timings do not depend on the weights).
@@ -134,6 +138,11 @@ def build_config(a: argparse.Namespace) -> dict:
         "batches": csv_ints(pick(a.batches, "64,256,1024,2048", "2,4")),
         "precisions": csv_strs(pick(a.precisions, "bf16,tf32,fp32", "bf16,tf32,fp32")),
         "graphs": csv_strs(pick(a.graphs, "on,off", "on,off")),
+        # bf16 CUDA-graph rows at every batch, per kernel choice (engine/backends/torch_backend.py KERNELS)
+        "kernels": csv_strs(pick(a.kernels, "portable,tuned", "portable,tuned")),
+        # one lever at a time at the largest batch (';' between choices); compile last: it takes a minute
+        "levers": [k for k in pick(a.levers, "nhwc;nhwc,masks;nhwc,pad8,masks,compile", "nhwc;pad8;masks").split(";") if k],
+        "profile_kernels": csv_strs(pick(a.profile_kernels, "portable,tuned", "portable,tuned")),
         "warmup": pick(a.warmup, 3, 1),
         "iters_short": pick(a.iters_short, 10, 2),
         "iters_long": pick(a.iters_long, 60, 6),
@@ -647,22 +656,33 @@ def phase_bench(cfg: dict) -> dict:
             lambda: open_backend(ckpt, "torch", dev, precision="fp32", fast=False),
             {"backend": "torch-reference", "precision": "fp32", "cuda_graph": None})
 
-    # 3. The torch fast path: bf16 first (the figure the issue asks for), then tf32, fp32.
+    # 3. The torch fast path: bf16 first (the figure the issue asks for), then tf32, fp32; bf16 with CUDA
+    #    graphs with each kernel choice at every batch, then one lever at a time at the largest batch.
     on_cuda = dev.startswith("cuda")
     for prec in cfg["precisions"]:
         for graph in cfg["graphs"]:
             g = graph == "on"
-            for batch in cfg["batches"]:
-                meta = {"backend": "torch", "precision": prec, "cuda_graph": g}
-                name = f"torch fast path {prec} {'CUDA graph' if g else 'eager'}"
-                if prec == "tf32" and not on_cuda:
-                    rows.add({"name": name, "batch": batch, **meta, "status": "skipped",
-                              "reason": "tf32 is a CUDA mode (this run is on the CPU)"})
-                    continue
-                if g and not on_cuda:
-                    meta["note"] = "cuda_graph has no effect on CPU: the same loop as eager"
-                run_row(name, batch, lambda p=prec, gg=g: open_backend(ckpt, "torch", dev, precision=p, cuda_graph=gg,
-                                                                       fast=True), meta)
+            best_path = prec == "bf16" and g
+            for kernels in (cfg["kernels"] if best_path else ["portable"]):
+                for batch in cfg["batches"]:
+                    meta = {"backend": "torch", "precision": prec, "cuda_graph": g, "kernels": kernels}
+                    name = f"torch fast path {prec} {'CUDA graph' if g else 'eager'}" + \
+                        ("" if kernels == "portable" else f", kernels {kernels}")
+                    if prec == "tf32" and not on_cuda:
+                        rows.add({"name": name, "batch": batch, **meta, "status": "skipped",
+                                  "reason": "tf32 is a CUDA mode (this run is on the CPU)"})
+                        continue
+                    if g and not on_cuda:
+                        meta["note"] = "cuda_graph has no effect on CPU: the same loop as eager"
+                    run_row(name, batch, lambda p=prec, gg=g, k=kernels: open_backend(
+                        ckpt, "torch", dev, precision=p, cuda_graph=gg, fast=True, kernels=k), meta)
+            if best_path:
+                for kernels in cfg["levers"]:
+                    run_row(f"torch fast path bf16 CUDA graph, kernels {kernels}", max(cfg["batches"]),
+                            lambda k=kernels: open_backend(ckpt, "torch", dev, precision="bf16", cuda_graph=True,
+                                                           fast=True, kernels=k),
+                            {"backend": "torch", "precision": "bf16", "cuda_graph": True, "kernels": kernels,
+                             "lever": True})
 
     # 4. ONNX Runtime CUDA, where onnxruntime-gpu is importable.
     ort_info = ort_status(dev)
@@ -748,6 +768,21 @@ def kernel_group(name: str) -> str:
 
 
 def phase_profile(cfg: dict) -> dict:
+    """One profile per kernel choice in cfg["profile_kernels"]; "profile" is the first (the portable ops,
+    comparable with earlier runs), "profiles" all of them."""
+    profiles = []
+    for kernels in cfg["profile_kernels"]:
+        try:
+            profiles.append(profile_one(cfg, kernels))
+        except Exception as e:  # one failing choice does not lose the others
+            profiles.append({"kernels": kernels, "error": f"{type(e).__name__}: {e}"})
+            traceback.print_exc()
+    if profiles and all("error" in p for p in profiles):
+        raise RuntimeError("every profile failed: " + "; ".join(p["error"] for p in profiles))
+    return {"profile": profiles[0] if profiles else None, "profiles": profiles}
+
+
+def profile_one(cfg: dict, kernels: str) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -760,16 +795,23 @@ def phase_profile(cfg: dict) -> dict:
     batch = cfg["profile_batch"] or max(cfg["batches"])
     n = cfg["profile_steps"]
     z0, y, w = search_inputs(batch, mc["size"], mc["zdim"], seed=2)
-    res: dict = {"precision": "bf16", "batch": batch, "steps": n, "device": dev,
-                 "what": "eager bf16 fast-path steps under torch.profiler (kernels inside a CUDA graph are not "
-                         "visible to it; the graph replays the same kernels)"}
-    with open_backend(ckpt, "torch", dev, precision="bf16", cuda_graph=False, fast=True) as be:
+    res: dict = {"precision": "bf16", "kernels": kernels, "batch": batch, "steps": n, "device": dev,
+                 "what": "eager bf16 fast-path steps under torch.profiler, exactly `steps` of them (the loop's "
+                         "step function on device-resident inputs: no host copies, no final loss; kernels inside "
+                         "a CUDA graph are not visible to it, and the graph replays the same kernels)"}
+    hp = SearchParams(iters=n, lr=0.01, patience=0).resolved()
+    with open_backend(ckpt, "torch", dev, precision="bf16", cuda_graph=False, fast=True, kernels=kernels) as be:
         be.search(z0, y, w, SearchParams(iters=3, lr=0.01, patience=0))  # warm-up: cuDNN autotuning
+        # The backend's own step function on its static buffers (a private hook, fine for a profiler):
+        # a whole search would add its host-to-device copies and final loss to the per-step figures.
+        run, _ = be._fast_loop(z0, y, w, hp)
+        run()
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
         _sync(torch, dev)
         t0 = time.perf_counter()
         with profile(activities=acts) as prof:
-            be.search(z0, y, w, SearchParams(iters=n, lr=0.01, patience=0))
+            for _ in range(n):
+                run()
             _sync(torch, dev)
         res["profiled_wall_ms_per_step"] = (time.perf_counter() - t0) * 1e3 / n
     events = prof.key_averages()
@@ -813,7 +855,7 @@ def phase_profile(cfg: dict) -> dict:
     if bench_path.exists():
         for r in json.loads(bench_path.read_text()).get("rows", []):
             if (r.get("backend") == "torch" and r.get("precision") == "bf16" and r.get("batch") == batch
-                    and r.get("status") == "ok"):
+                    and r.get("status") == "ok" and r.get("kernels", "portable") == kernels and not r.get("lever")):
                 key = "graph_step_ms" if r.get("cuda_graph") else "eager_step_ms"
                 res[key] = r["step_ms"]
         if on_cuda and res.get("graph_step_ms"):
@@ -827,11 +869,12 @@ def phase_profile(cfg: dict) -> dict:
         table = events.table(sort_by="self_device_time_total" if on_cuda else "self_cpu_time_total", row_limit=40)
     except Exception:
         table = events.table(sort_by="self_cuda_time_total" if on_cuda else "self_cpu_time_total", row_limit=40)
-    (Path(cfg["out"]) / "profile.txt").write_text(
-        f"torch.profiler: {n} eager bf16 fast-path steps, batch {batch}, {dev}\n"
+    fname = f"profile-{kernels.replace(',', '+')}.txt"
+    (Path(cfg["out"]) / fname).write_text(
+        f"torch.profiler: {n} eager bf16 fast-path steps, kernels {kernels}, batch {batch}, {dev}\n"
         f"{json.dumps({k: v for k, v in res.items() if k not in ('top',)}, indent=1, default=str)}\n\n{table}\n")
-    res["file"] = "profile.txt"
-    return {"profile": res}
+    res["file"] = fname
+    return res
 
 
 def profile_reading(p: dict) -> str:
@@ -934,6 +977,7 @@ def verdict(rep: dict) -> dict:
     v = {"dry_run": rep.get("dry"),
          "pytest_all_pass": (rep.get("pytest") or {}).get("ok"),
          "best_bf16_cuda_graph": ({"batch": best["batch"], "images_per_s_1000": best["images_per_s_1000"],
+                                   "kernels": best.get("kernels", "portable"),
                                    "ratio_vs_seed_loop": best.get("ratio_vs_seed_loop"),
                                    "share_of_bf16_roofline": best.get("share_of_bf16_roofline")} if best else None)}
     if rep.get("dry"):
@@ -1016,6 +1060,11 @@ def markdown(rep: dict) -> str:
               f"| path | precision | CUDA graph | batch | ms / step | fixed ms / search | images/s @ {full} | "
               f"@ {dflt} | @ {full} incl. fixed | × seed | TFLOP/s | bf16 roofline share | peak MiB |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        L.insert(len(L) - 3, "Torch kernel choices (engine/backends/torch_backend.py, train/adjoint.py): portable = the "
+                 "ops step.onnx holds; nhwc = channels-last; pad8 = the image padded to 8 channels before the two "
+                 "convolutions that read it; masks = one kernel per activation backward; tuned = all three; "
+                 "compile = torch.compile. The same values up to the order of float sums (tests/test_fast_paths.py).")
+        L.insert(len(L) - 3, "")
         for r in ([seed] if seed else []) + rows:
             if r.get("status") != "ok":
                 L.append(f"| {r['name']} | {r.get('precision') or '—'} | {_graph(r.get('cuda_graph'))} | "
@@ -1034,9 +1083,12 @@ def markdown(rep: dict) -> str:
         L += ["", "## ONNX Runtime CUDA", "",
               ("available: " + ", ".join(ort.get("providers", []))) if ort.get("available") else
               f"**not measured**: {ort.get('reason')}. Wheel: {inst.get('reason') or inst.get('wheels')}."]
-    p = rep.get("profile")
-    if p:
-        L += ["", f"## Profile: bf16 fast path, batch {p.get('batch')} ({p.get('time_basis')})", "",
+    for p in rep.get("profiles") or ([rep["profile"]] if rep.get("profile") else []):
+        if p.get("error"):
+            L += ["", f"## Profile: bf16 fast path, kernels {p.get('kernels')}", "", f"failed: {p['error']}"]
+            continue
+        L += ["", f"## Profile: bf16 fast path, kernels {p.get('kernels', 'portable')}, batch {p.get('batch')} "
+              f"({p.get('time_basis')})", "",
               f"{p.get('reading')}.", "",
               f"Kernel time {_f(p.get('kernel_ms_per_step'), '{:.3f}')} ms per step (eager, profiled); "
               f"CUDA-graph step {_f(p.get('graph_step_ms'), '{:.3f}')} ms, "
@@ -1070,7 +1122,8 @@ def markdown(rep: dict) -> str:
     b = v.get("best_bf16_cuda_graph")
     if b:
         L.append(f"- best torch bf16 CUDA-graph: **{b['images_per_s_1000']:.1f} images/s at {full} iterations** "
-                 f"(batch {b['batch']}), {_f(b.get('ratio_vs_seed_loop'), '{:.1f}')}× the seed loop, "
+                 f"(batch {b['batch']}, kernels {b.get('kernels', 'portable')}), "
+                 f"{_f(b.get('ratio_vs_seed_loop'), '{:.1f}')}× the seed loop, "
                  f"{_f(b.get('share_of_bf16_roofline'), '{:.1%}')} of the bf16 roofline")
     L.append(f"- pytest -m gpu: {'all pass' if v.get('pytest_all_pass') else 'NOT all pass'}")
     if rep.get("dry"):
@@ -1091,6 +1144,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default=None, help="torch fast-path batch sizes (default 64,256,1024,2048)")
     ap.add_argument("--precisions", default=None, help="torch precisions, in order (default bf16,tf32,fp32)")
     ap.add_argument("--graphs", default=None, help="CUDA graph settings to time: on,off (default both)")
+    ap.add_argument("--kernels", default=None, help="torch kernel choices timed for bf16 + CUDA graph at every batch "
+                    "(portable,tuned)")
+    ap.add_argument("--levers", default=None, help="kernel choices timed at the largest batch, ';' between them "
+                    "(nhwc;nhwc,masks;nhwc,pad8,masks,compile)")
+    ap.add_argument("--profile-kernels", default=None, help="kernel choices profiled (portable,tuned)")
     ap.add_argument("--warmup", type=int, default=None, help="steps of the untimed warm-up search (3)")
     ap.add_argument("--iters-short", type=int, default=None, help="steps of the short timed search (10)")
     ap.add_argument("--iters-long", type=int, default=None, help="steps of the long timed search (60)")

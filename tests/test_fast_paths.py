@@ -82,6 +82,42 @@ def test_torch_fast_path_matches_the_oracle(tiny_ckpt, hp):
         assert len(a.history) < hp.iters  # every image stopped
 
 
+@pytest.mark.parametrize("kernels", ["nhwc", "pad8", "masks", "tuned"])
+def test_torch_kernel_choices_match_the_oracle(tiny_ckpt, kernels):
+    """Each kernel choice is the same math in another layout (channels-last strides, the image zero-padded to
+    8 channels before the two convolutions that read it, one aten kernel per activation backward), so the
+    oracle's tolerance holds: measured |dz| <= 6.9e-7 (portable: 5.4e-7) over the 27 steps early stopping ran.
+    Early stopping must decide identically (same history length)."""
+    with open_backend(tiny_ckpt) as ref, open_backend(tiny_ckpt, kernels=kernels) as fast:
+        assert fast.use_fast  # asking for kernels asks for the fast path
+        (a, _), (b, _) = _run(ref, STOPPING), _run(fast, STOPPING)
+        if kernels in ("nhwc", "tuned"):
+            assert fast.stepper.net.d_w1.is_contiguous(memory_format=torch.channels_last)
+        assert fast.settings()["kernels"] == ("nhwc,pad8,masks" if kernels == "tuned" else kernels)
+    _assert_same(a, b, atol=1e-5)
+
+
+def test_torch_compiled_step_matches_the_oracle(tiny_ckpt):
+    """kernels=...,compile: torch.compile (inductor: C++ here, Triton on CUDA) fuses the elementwise work of
+    the tuned step, reordering float operations again. Measured |dz| 6.9e-7, losses within 1.1e-7 relative;
+    tolerance 1e-5 as for the other fast paths. The slowest test here (16-45 s to compile on 2 cores)."""
+    with open_backend(tiny_ckpt) as ref, open_backend(tiny_ckpt, kernels="nhwc,pad8,masks,compile") as fast:
+        assert fast.step_fn is not fast.stepper
+        (a, _), (b, _) = _run(ref, STOPPING), _run(fast, STOPPING)
+    _assert_same(a, b, atol=1e-5)
+
+
+def test_torch_tuned_bf16_on_cpu_equals_portable_bf16_closely(tiny_ckpt):
+    """bf16 with the tuned kernels against bf16 with the portable ones: both round the same tensors to bf16;
+    only the order of sums differs, which bf16 magnifies. Measured: per-image final loss within 5.2e-5
+    relative, |dz| 5.8e-3; tolerances 1e-3 (as for bf16 against the oracle) and 0.05."""
+    with open_backend(tiny_ckpt, precision="bf16") as plain, open_backend(tiny_ckpt, precision="bf16",
+                                                                          kernels="tuned") as tuned:
+        (a, _), (b, _) = _run(plain, SMOOTH), _run(tuned, SMOOTH)
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-3)
+    assert np.abs(b.z - a.z).max() < 0.05
+
+
 @pytest.mark.parametrize("hp", [SMOOTH, STOPPING], ids=["smooth", "early-stop"])
 def test_torch_fast_loop_equals_the_host_loop(tiny_ckpt, hp):
     """The same fast step driven by Backend.host_search's host loop (z/v through numpy, stopped images frozen
@@ -122,6 +158,10 @@ def test_torch_options_are_checked(tiny_ckpt):
         open_backend(tiny_ckpt, precision="fp16")
     with pytest.raises(BackendError, match="fast path only"):
         TorchBackend(tiny_ckpt, precision="bf16", fast=False)
+    with pytest.raises(BackendError, match="'portable', 'tuned' or a comma list of nhwc, pad8, masks, compile; got 'nchw'"):
+        open_backend(tiny_ckpt, kernels="nchw")
+    with pytest.raises(BackendError, match="autograd reference"):
+        TorchBackend(tiny_ckpt, kernels="tuned", fast=False)
     with open_backend(tiny_ckpt, precision="bf16", cuda_graph=False) as bf:  # cuda_graph: ignored on CPU
         with pytest.raises(BackendError, match="adam"):
             bf.search(z0, y, w, SearchParams(iters=2, optimizer="adam"))
@@ -244,3 +284,28 @@ def test_io_binding_buffers_are_refilled_not_stale(exported):
     for n, seed, got in ((4, 2, second), (3, 3, third)):
         with OnnxRuntimeBackend(exported, io_binding=True) as fresh:
             _assert_same(fresh.search(*search_inputs(n, size, zdim, seed=seed), hp), got, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+@pytest.mark.parametrize("kernels", ["tuned", "nhwc,pad8,masks,compile"])
+def test_cuda_kernel_choices_match_the_oracle(tiny_ckpt, kernels):
+    """The tuned layouts (and torch.compile's Triton kernels) captured in a CUDA graph: fp32 against the
+    autograd oracle on the GPU at the same 1e-4 as the portable graph; bf16 against portable bf16 at the
+    bf16 tolerances used on CPU. Compile needs Triton: where torch cannot compile, that is a skip naming it."""
+    with open_backend(tiny_ckpt, device="cuda", fast=False) as ref, \
+            open_backend(tiny_ckpt, device="cuda", kernels=kernels) as fast:
+        a = _run(ref, STOPPING)[0]
+        try:
+            b = _run(fast, STOPPING)[0]
+        except Exception as e:  # torch.compile without a working Triton / C compiler
+            if "compile" in kernels and type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "triton")):
+                pytest.skip(f"torch.compile is not usable here (Triton not installed?): {type(e).__name__}: {e}")
+            raise
+        assert not any("capture failed" in n for n in fast.notes), fast.notes
+    _assert_same(a, b, atol=1e-4)
+    with open_backend(tiny_ckpt, device="cuda", precision="bf16") as plain, \
+            open_backend(tiny_ckpt, device="cuda", precision="bf16", kernels=kernels) as tuned:
+        (c, _), (d, _) = _run(plain, SMOOTH), _run(tuned, SMOOTH)
+    np.testing.assert_allclose(d.loss, c.loss, rtol=1e-3)
+    assert np.abs(d.z - c.z).max() < 0.05

@@ -46,7 +46,8 @@ def test_dry_run_writes_every_section(dry_report):
     assert "CPU numbers" in rep["numbers_are"]  # never passed off as GPU figures
     for phase in ("machine", "bench", "profile", "e2e", "pytest"):
         assert rep["phases"][phase]["status"] == "ok", (phase, rep["phases"][phase])
-    for name in ("gpu_check.json", "gpu_check.md", "gpu_check.log", "pytest_gpu.log", "profile.txt", "e2e.log"):
+    for name in ("gpu_check.json", "gpu_check.md", "gpu_check.log", "pytest_gpu.log", "profile-portable.txt",
+                 "profile-tuned.txt", "e2e.log"):
         assert (out / name).stat().st_size > 0, name
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
 
@@ -81,6 +82,15 @@ def test_dry_run_writes_every_section(dry_report):
         assert r["images_per_s_1000_with_overhead"] <= ips * (1 + 1e-9)
         assert r["ratio_vs_seed_loop"] == pytest.approx(ips / seed["images_per_s_1000"])
         assert 0 < r["share_of_bf16_roofline"] and math.isfinite(r["share_of_bf16_roofline"])
+    # bf16 + CUDA graph: each kernel choice at every batch, each lever alone at the largest; others portable
+    from gcomp.engine.backends.torch_backend import parse_kernels
+
+    kinds = {(r["kernels"], bool(r.get("lever"))) for r in torch_rows if r["precision"] == "bf16" and r["cuda_graph"]}
+    assert kinds == {("portable", False), ("tuned", False), ("nhwc", True), ("pad8", True), ("masks", True)}
+    assert {r["kernels"] for r in torch_rows if not (r["precision"] == "bf16" and r["cuda_graph"])} == {"portable"}
+    for r in torch_rows:
+        if r["status"] == "ok":
+            assert r["settings"]["kernels"] == (",".join(parse_kernels(r["kernels"])) or "portable")
     ref = [r for r in rows if r["backend"] == "torch-reference"]
     assert len(ref) == 1 and ref[0]["status"] == "ok" and ref[0]["settings"]["fast"] is False
     assert [r["status"] for r in rows if r["backend"] == "tensorrt"] == ["unavailable"]
@@ -88,9 +98,11 @@ def test_dry_run_writes_every_section(dry_report):
     assert ort and ort[0]["status"] == "unavailable" and ort[0]["reason"]
     assert rep["onnxruntime_cuda"]["available"] is False and rep["onnxruntime_cuda"]["reason"]
 
-    p = rep["profile"]
-    assert p["precision"] == "bf16" and p["kernel_ms_per_step"] > 0 and p["top"] and p["reading"]
-    assert sum(g["share"] for g in p["groups"].values()) == pytest.approx(1.0)
+    assert [p["kernels"] for p in rep["profiles"]] == ["portable", "tuned"] and rep["profile"] == rep["profiles"][0]
+    for p in rep["profiles"]:
+        assert p["precision"] == "bf16" and p["kernel_ms_per_step"] > 0 and p["top"] and p["reading"]
+        assert sum(g["share"] for g in p["groups"].values()) == pytest.approx(1.0)
+        assert p["steps"] == 2 and p["file"] == f"profile-{p['kernels']}.txt"
 
     e = rep["e2e"]
     assert e["images"] == 8 and len(e["runs"]) == 1

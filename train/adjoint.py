@@ -12,12 +12,26 @@ explicitly:
   d softplus(-l)/dl = -sigmoid(-l); d|r|/dr = sign(r) (0 at 0, as autograd).
 * then the seed's projected Nesterov update (train/reference.py momentum_step), K times when unrolled.
 
+Kernels (the torch fast path only; an ONNX export keeps the portable ops above): `FastKernels` lays the
+same math out for cuDNN, each choice exact up to the order of float sums, each a lever the H200 profile
+(benchmarks/results/gpu-check-h200-profile.txt) named:
+* nhwc: weights and activations channels-last; cuDNN's tensor-core kernels work in NHWC, and NCHW tensors
+  cost a layout conversion around each convolution (22% of the bf16 step's kernel time there).
+* pad8: the two convolutions whose input is the image (D's first; the transpose of G's last, in the
+  backward) see it zero-padded to 8 channels: with 3, cuDNN fell back to a non-tensor-core kernel
+  (implicit_convolve_sgemm, ~2 ms of the ~18 ms step at batch 2048). Zero channels with zero weights add
+  exact zeros.
+* masks: each ReLU / leaky-ReLU backward as one aten kernel (threshold_backward / leaky_relu_backward) instead
+  of compare, cast, clamp and multiply (elementwise kernels were 20% of the step).
+
 Precision: the network (folded weights, convs, masks, backward) runs in `dtype` (float32, float16 or
 bfloat16); the graph's inputs and outputs, the contextual term |w * (x - y)| with its sign, the loss, the
 logit's softplus/sigmoid and the z / v update are float32, so the runtime always feeds float32 and the
 latent never accumulates half-precision rounding.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -27,6 +41,21 @@ from .model import LRELU_SLOPE, PAD, STRIDE, Discriminator, Generator
 
 _CONV = dict(stride=STRIDE, padding=PAD)
 _CONVT = dict(stride=STRIDE, padding=PAD, output_padding=1)
+
+
+@dataclass(frozen=True)
+class FastKernels:
+    """How the torch fast path lays the step out for the device (see the module's docstring)."""
+    nhwc: bool = False
+    pad8: bool = False
+    masks: bool = False
+
+    @property
+    def memory_format(self):
+        return torch.channels_last if self.nhwc else torch.contiguous_format
+
+
+PORTABLE = FastKernels()  # the ops the ONNX export traces
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,10 +70,11 @@ class _Folded(nn.Module):
     """G and D with BatchNorm folded; weights are buffers in the compute dtype (ONNX initializers)."""
 
     def __init__(self, G: Generator, D: Discriminator | None, dtype: torch.dtype = torch.float32,
-                 storage: torch.dtype | None = None):
+                 storage: torch.dtype | None = None, kernels: FastKernels = PORTABLE):
         super().__init__()
         self.dtype = dtype  # compute dtype
         self.storage = storage or dtype  # initializer dtype (bf16 storage is cast to `dtype` once per call)
+        self.kernels = kernels
         cfg = G.cfg
         self.cfg = cfg
         with torch.no_grad():
@@ -83,19 +113,42 @@ class _Folded(nn.Module):
                 self.d_clast = D.convs[-1].out_channels
                 self._buf("d_fc_w", D.fc.weight.double())  # [1, N]
                 self._buf("d_fc_b", D.fc.bias.double())  # [1]
+            if kernels.pad8:  # the image-input convolutions' weights, zero-padded to 8 input channels
+                self.channels, self.padded = cfg.channels, max(8, cfg.channels)
+                self._buf("g_wt_pad", self._pad_in(getattr(self, f"g_w{n - 1}").double()))  # [cin, C, k, k]: in = C
+                if D is not None:
+                    self._buf("d_w0_pad", self._pad_in(D.convs[0].weight.double()))
+
+    def _pad_in(self, w: torch.Tensor) -> torch.Tensor:
+        """A [out, C, k, k] weight with zero input channels appended up to self.padded."""
+        extra = w.new_zeros(w.shape[0], self.padded - w.shape[1], *w.shape[2:])
+        return torch.cat([w, extra], dim=1)
+
+    def _pad_image(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, padded, H, W] with zeros in the new channels, in the kernels' memory format."""
+        B, C, H, W = x.shape
+        out = x.new_zeros(B, self.padded, H, W).contiguous(memory_format=self.kernels.memory_format)
+        out[:, :C] = x
+        return out
 
     def _buf(self, name: str, t: torch.Tensor) -> None:
-        self.register_buffer(name, t.to(self.storage).contiguous())
+        t = t.to(self.storage)
+        fmt = self.kernels.memory_format if t.dim() == 4 else torch.contiguous_format
+        self.register_buffer(name, t.contiguous(memory_format=fmt))
+
+    def _layout(self, t: torch.Tensor) -> torch.Tensor:
+        """An activation in the kernels' memory format (a no-op for the portable ops)."""
+        return t.contiguous(memory_format=torch.channels_last) if self.kernels.nhwc else t
 
     def params(self) -> dict[str, torch.Tensor]:
         """The folded weights in the compute dtype (a no-op unless storage differs)."""
-        return {k: b.to(self.dtype) for k, b in self.named_buffers()}
+        return {k: b.to(self.dtype) for k, b in self.named_buffers()}  # .to keeps the memory format
 
     # -- forward passes that keep what the backward needs ---------------------------------------------
     def g_forward(self, P: dict, z: torch.Tensor):
         """z in the compute dtype -> (x = G(z), [pre-activations of the ReLU layers])."""
         pres = []
-        a = F.linear(z, P["g_fc_w"], P["g_fc_b"]).reshape(-1, self.c0, 4, 4)
+        a = self._layout(F.linear(z, P["g_fc_w"], P["g_fc_b"]).reshape(-1, self.c0, 4, 4))
         pres.append(a)
         h = F.relu(a)
         for i in range(self.g_n):
@@ -110,7 +163,10 @@ class _Folded(nn.Module):
         pres = []
         h = x
         for i in range(self.d_n):
-            a = F.conv2d(h, P[f"d_w{i}"], P[f"d_b{i}"], **_CONV)
+            if i == 0 and self.kernels.pad8:
+                a = F.conv2d(self._pad_image(h), P["d_w0_pad"], P["d_b0"], **_CONV)
+            else:
+                a = F.conv2d(h, P[f"d_w{i}"], P[f"d_b{i}"], **_CONV)
             pres.append(a)
             h = F.leaky_relu(a, LRELU_SLOPE)
         logit = F.linear(h.reshape(-1, self.d_clast * 16), P["d_fc_w"], P["d_fc_b"])
@@ -119,8 +175,12 @@ class _Folded(nn.Module):
     # -- the transposes --------------------------------------------------------------------------------
     def d_backward(self, P: dict, g_logit: torch.Tensor, pres: list[torch.Tensor]) -> torch.Tensor:
         """dL/dx given dL/dlogit [B] (compute dtype)."""
-        g = (g_logit[:, None] * P["d_fc_w"]).reshape(-1, self.d_clast, 4, 4)
+        g = self._layout((g_logit[:, None] * P["d_fc_w"]).reshape(-1, self.d_clast, 4, 4))
         for i in reversed(range(self.d_n)):
+            if self.kernels.masks:
+                g = torch.ops.aten.leaky_relu_backward(g, pres[i], LRELU_SLOPE, False)
+                g = F.conv_transpose2d(g, P[f"d_w{i}"], **_CONVT)
+                continue
             # leaky ReLU: slope 1 where the pre-activation is > 0, else 0.2 (autograd's convention at 0).
             # A multiply by a 0/1 mask, not torch.where: ONNX Runtime's CPU Where is not vectorized and
             # took 11% of a step (batch 64), Greater/Cast/Mul take 2%; the values are identical.
@@ -133,8 +193,14 @@ class _Folded(nn.Module):
         # tanh' = 1 - x^2 in float32: near |x| = 1 a 16-bit x leaves few correct digits in 1 - x^2
         g = (g_x.float() * (1 - x.float() * x.float())).to(g_x.dtype)
         for i in reversed(range(self.g_n)):
-            g = F.conv2d(g, P[f"g_w{i}"], **_CONV)
-            g = g * (pres[i] > 0).to(g.dtype)  # ReLU mask of the layer below (a multiply: see d_backward)
+            if i == self.g_n - 1 and self.kernels.pad8:
+                g = F.conv2d(self._pad_image(g), P["g_wt_pad"], **_CONV)
+            else:
+                g = F.conv2d(g, P[f"g_w{i}"], **_CONV)
+            if self.kernels.masks:
+                g = torch.ops.aten.threshold_backward(g, pres[i], 0)
+            else:
+                g = g * (pres[i] > 0).to(g.dtype)  # ReLU mask of the layer below (a multiply: see d_backward)
         g = g.reshape(-1, self.c0 * 16)
         return g @ P["g_fc_w"]  # transpose of the linear layer
 
@@ -176,16 +242,22 @@ class StepModule(nn.Module):
     """
 
     def __init__(self, G: Generator, D: Discriminator, unroll: int = 1, precision: str = "fp32",
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, kernels: FastKernels = PORTABLE):
         """compute_dtype, when given, overrides `precision`: the network computes in it and its folded
         weights are stored in it (no cast per call). The torch backend's fast path uses it for true
-        bf16 compute, which no ONNX precision does (see PRECISIONS); the ONNX export never passes it."""
+        bf16 compute, which no ONNX precision does (see PRECISIONS), and `kernels`; the ONNX export
+        passes neither."""
         super().__init__()
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {unroll}")
         dtypes = (compute_dtype, compute_dtype) if compute_dtype is not None else _dtypes(precision)
-        self.net = _Folded(G, D, *dtypes)
+        self.net = _Folded(G, D, *dtypes, kernels=kernels)
         self.unroll = unroll
+
+    def prepare(self, t: torch.Tensor) -> torch.Tensor:
+        """y or w in the kernels' memory format, done once per batch by a caller that keeps them (the
+        elementwise terms then read matching strides); forward accepts either layout."""
+        return self.net._layout(t)
 
     def loss_and_grad(self, P, z, y, w, lam, with_loss: bool = True):
         """Per-image loss [B] (float32, or None) and dL/dz [B, zdim] (float32). P = self.net.params()."""

@@ -22,20 +22,41 @@ from ..search import SearchParams
 from .base import Backend, BackendError, DeviceLoop, ModelInfo, SearchResult
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+#: the fast path's kernel choices: "portable" = the ops step.onnx holds; nhwc, pad8, masks: layouts of the
+#: same math (train/adjoint.py FastKernels); compile: torch.compile (inductor fuses the elementwise work;
+#: compiles once per batch shape, ~45 s for the tiny test model on 2 CPU cores, Triton on CUDA)
+KERNELS = ("nhwc", "pad8", "masks", "compile")
+KERNEL_SETS = {"portable": (), "tuned": ("nhwc", "pad8", "masks")}
+
+
+def parse_kernels(spec: str | None) -> tuple[str, ...]:
+    """'portable', 'tuned' or a comma list of KERNELS -> the chosen names, in KERNELS' order."""
+    if spec is None:
+        return KERNEL_SETS["portable"]
+    if spec in KERNEL_SETS:
+        return KERNEL_SETS[spec]
+    names = [k.strip() for k in str(spec).split(",") if k.strip()]
+    wrong = [k for k in names if k not in KERNELS]
+    if wrong or not names:
+        raise BackendError(f"the torch backend's kernels are 'portable', 'tuned' or a comma list of "
+                           f"{', '.join(KERNELS)}; got {spec!r}")
+    return tuple(k for k in KERNELS if k in names)
 
 
 class TorchBackend(Backend):
     """The only part of the runtime that imports torch and gcomp.train, and only when activated."""
 
     name = "torch"
-    options = ("precision", "fast", "cuda_graph")
+    options = ("precision", "fast", "cuda_graph", "kernels")
     optimizers = ("momentum", "adam")
 
     def __init__(self, checkpoint, device: str = "cpu", precision: str = "fp32", fast: bool | None = None,
-                 cuda_graph: bool = True):
+                 cuda_graph: bool = True, kernels: str | None = None):
         """fast: the hand-written-gradient loop instead of the autograd reference; None = on CUDA or for bf16
         (bf16 compute exists only there), so fp32 on CPU stays the oracle. cuda_graph: on CUDA, replay one
-        captured step instead of launching each kernel (ignored on CPU)."""
+        captured step instead of launching each kernel (ignored on CPU). kernels: the fast path's layout
+        ('portable', the default: step.onnx's ops; 'tuned' = nhwc,pad8,masks; or a comma list of nhwc, pad8,
+        masks, compile), the same values up to the order of float sums; see train/adjoint.py."""
         super().__init__()
         if precision not in PRECISIONS:
             raise BackendError(f"the torch backend's precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -50,6 +71,10 @@ class TorchBackend(Backend):
         self.precision = precision
         self.fast = fast
         self.cuda_graph = cuda_graph
+        self.kernels = parse_kernels(kernels)
+        if self.kernels and fast is False:
+            raise BackendError("kernels choose the torch backend's fast path; fast=False asked for the autograd "
+                               "reference")
 
     def activate_impl(self) -> None:
         try:
@@ -74,20 +99,24 @@ class TorchBackend(Backend):
         self.info = ModelInfo(size=cfg.size, zdim=cfg.zdim, channels=cfg.channels,
                               config_hash=cfg.hash(), source=str(self.checkpoint),
                               meta={"weights_id": weights_id(self.G, self.D)})  # pairs an encoder.onnx beside it
-        self.use_fast = self.fast if self.fast is not None else (self.on_cuda or self.precision == "bf16")
+        self.use_fast = self.fast if self.fast is not None else (self.on_cuda or self.precision == "bf16"
+                                                                  or bool(self.kernels))
         self.stepper = self._graph = None
         if self.use_fast:
-            from ...train.adjoint import StepModule
+            from ...train.adjoint import FastKernels, StepModule
 
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-            self.stepper = StepModule(self.G, self.D, compute_dtype=dtype).to(self.device).eval()
+            kernels = FastKernels(**{k: True for k in self.kernels if k != "compile"})
+            self.stepper = StepModule(self.G, self.D, compute_dtype=dtype, kernels=kernels).to(self.device).eval()
+            # the loop's step; static shapes: a new batch shape compiles again (the graph key changes too)
+            self.step_fn = torch.compile(self.stepper, dynamic=False) if "compile" in self.kernels else self.stepper
 
     def deactivate_impl(self) -> None:
-        self.G = self.D = self.stepper = self._graph = None
+        self.G = self.D = self.stepper = self.step_fn = self._graph = None
 
     def settings(self) -> dict:
         return super().settings() | {"precision": self.precision, "fast": getattr(self, "use_fast", self.fast),
-                                     "cuda_graph": self.cuda_graph}
+                                     "cuda_graph": self.cuda_graph, "kernels": ",".join(self.kernels) or "portable"}
 
     @contextmanager
     def _scope(self):
@@ -161,16 +190,17 @@ class TorchBackend(Backend):
         if self._graph is not None and self._graph[0] == key:  # the next batch of a job: reuse the graph
             _, run, bufs = self._graph
             for name, a in (("z", z0), ("y", y), ("w", w)):
-                bufs[name].copy_(self._t(a))
+                bufs[name].copy_(self._t(a))  # copy_ keeps the buffer's memory format
             bufs["v"].zero_()
             return run, bufs
         z = self._t(z0).clone()  # clone: on CPU _t may share z0's memory, which the loop overwrites
-        bufs = {"z": z, "v": torch.zeros_like(z), "y": self._t(y), "w": self._t(w), "z_in": torch.zeros_like(z),
+        prep = self.stepper.prepare  # y and w in the kernels' memory format, once per batch
+        bufs = {"z": z, "v": torch.zeros_like(z), "y": prep(self._t(y)), "w": prep(self._t(w)), "z_in": torch.zeros_like(z),
                 "loss": torch.zeros(len(z), device=self.device)}
         lr, momentum, lam = hp.step_lr, hp.momentum, hp.lam  # baked into a captured graph: part of its key
 
         def step():
-            z2, v2, loss = self.stepper(bufs["z"], bufs["v"], bufs["y"], bufs["w"], lr, momentum, lam)
+            z2, v2, loss = self.step_fn(bufs["z"], bufs["v"], bufs["y"], bufs["w"], lr, momentum, lam)
             bufs["z_in"].copy_(bufs["z"])  # where an image that stops on this step is frozen
             bufs["z"].copy_(z2)
             bufs["v"].copy_(v2)
