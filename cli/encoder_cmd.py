@@ -21,6 +21,10 @@ def train_encoder(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu or cuda."),
 ):
     """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
+    from ..export.encoder import PRECISIONS
+
+    if precision not in PRECISIONS:  # here, not after training, which export_encoder would refuse only then
+        raise fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     try:
         from ..export.encoder import export_encoder
         from ..train.checkpoint import CheckpointError
@@ -28,10 +32,10 @@ def train_encoder(
         from ..train.encoder import EncoderConfig, train_encoder as run
     except ImportError:
         raise fail("training needs PyTorch: pip install 'gcomp[train]'") from None
-    try:
+    try:  # train_encoder checks the other options and the export folder before it trains or writes
         pt = run(EncoderConfig(model=str(checkpoint), data=tuple(str(d) for d in data), out=str(out), steps=steps,
                                batch_size=batch_size, lr=lr, seed=seed, device=device), log=lambda m: typer.echo(m, err=True))
-        path = export_encoder(pt, out, precision)
+        path = export_encoder(pt, pt.parent, precision)
     except (CheckpointError, DataError, ValueError) as e:
         raise fail(str(e)) from None
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {pt}")

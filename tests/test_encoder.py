@@ -117,3 +117,63 @@ def test_encoder_metadata_states_storage_weights_and_settings(with_encoder, tiny
     z16 = Encoder(path, info)(y, k)
     z32 = Encoder(out / "encoder.onnx", info)(y, k)
     assert np.abs(z16 - z32).max() < 5e-2  # bf16 storage (8-bit mantissa), fp32 compute
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _refused(r, message):
+    """Exit code 2 and one `error:` line naming the problem, before any training (which logs to stderr)."""
+    lines = r.stderr.splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-b", "0"], "--batch-size must be at least 1, got 0"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--lr", "0"], "--lr must be positive and finite, got 0.0"),
+    (["--lr", "nan"], "--lr must be positive and finite, got nan"),
+    (["--lr", "inf"], "--lr must be positive and finite, got inf"),
+    (["--seed", "-1"], "--seed must be in [0, 2^64), got -1"),
+    (["--device", "foo"], "--device must be one of auto, cpu, cuda, got 'foo'"),
+    (["--device", "cuda"], "--device cuda, but CUDA is not available"),
+    (["--precision", "fp8"], "--precision must be one of fp32, fp16, bf16, got 'fp8'"),
+])
+def test_bad_options_are_refused_before_training(with_encoder, tiny_ckpt, monkeypatch, args, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a CUDA machine
+    out, faces = with_encoder
+    before = _files(out)
+    r = runner.invoke(app, ["train-encoder", str(tiny_ckpt), str(faces[0].parent), "--out", str(out),
+                            "--steps", "2", "-b", "8", *args])
+    _refused(r, message)
+    assert _files(out) == before  # encoder.onnx, encoder.pt and the log untouched
+
+
+def test_export_of_another_checkpoint_or_none_is_refused(with_encoder, tmp_path):
+    """The encoder goes beside the graphs of its own checkpoint: another checkpoint's export keeps its encoder,
+    and a folder without an export gets nothing."""
+    from gcomp.export.metadata import read_metadata
+    from gcomp.train import checkpoint
+    from gcomp.train.model import ModelConfig, build
+
+    out, faces = with_encoder
+    cfg = ModelConfig(size=32, zdim=16, gf=8, df=8)
+    other = checkpoint.save(tmp_path / "o.pt", cfg, *build(cfg))  # tiny_ckpt's architecture, other weights
+    theirs = read_metadata(out / "step.onnx")["weights_id"]
+    _, G, D = checkpoint.load_models(other)
+    before = _files(out)
+    train = ["train-encoder", str(other), str(faces[0].parent), "--steps", "2", "-b", "8", "--out"]
+    r = runner.invoke(app, [*train, str(out)])
+    _refused(r, f"{out}: its graphs come from another checkpoint (weights id {theirs}; this checkpoint's is "
+                f"{checkpoint.weights_id(G, D)})")
+    assert _files(out) == before
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, [*train, str(tmp_path / "empty")])
+    _refused(r, "missing generator.onnx, step.onnx")
+    assert not any((tmp_path / "empty").iterdir())
+    r = runner.invoke(app, [*train, str(tmp_path / "nowhere")])
+    _refused(r, f"--out {tmp_path / 'nowhere'} does not exist")
+    assert not (tmp_path / "nowhere").exists()

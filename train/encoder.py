@@ -17,6 +17,7 @@ Masks are drawn from every kind gcomp supports, at random per image.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from ..engine.masks import KINDS, make_mask
 from .checkpoint import load_models, weights_id
+from .loop import DEVICES, TrainError, resolve_device
 from .model import BN_EPS, KERNEL, LRELU_SLOPE, PAD, STRIDE, ModelConfig, _widths, sample_z, weights_init
 
 TRAIN_KINDS = tuple(k for k in KINDS if k != "full")
@@ -77,19 +79,58 @@ class EncoderConfig:
     w_latent: float = 1.0
     device: str = "auto"  # auto: CUDA when there is one (on a CPU, an encoder step of a gf = 64 G takes ~1 s)
 
+    def validate(self) -> None:
+        """Refuse bad options before the checkpoint loads or a file is written (gcomp train's messages)."""
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:  # also refuses nan
+            raise TrainError(f"--lr must be positive and finite, got {self.lr}")
+        if not 0 <= self.seed < 2 ** 64:  # what torch.manual_seed and numpy's generators accept
+            raise TrainError(f"--seed must be in [0, 2^64), got {self.seed}")
+        if self.device not in DEVICES:
+            raise TrainError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+def export_folder(out: str | os.PathLike, wid: str) -> Path:
+    """The export folder that encoder.onnx goes into (`out`, or the folder of its step/generator file), refusing
+    one without graphs or with graphs of another checkpoint: the runtime would refuse the encoder beside them, and
+    the encoder already there (trained for those graphs) would be lost. Read as the runtime reads it."""
+    from ..engine.backends import BackendError
+    from ..engine.backends.exported import WEIGHTS_KEY, check_model_path, export_info, model_files, onnx_metadata
+
+    folder = Path(out)
+    if not folder.exists():  # (model_files would look in the folder above it)
+        raise TrainError(f"--out {folder} does not exist: give the checkpoint's export folder "
+                         f"(`gcomp export CHECKPOINT --out {folder}` first)")
+    try:
+        folder = check_model_path(folder)
+        gen, step = model_files(folder)
+        info, _, _ = export_info(gen, onnx_metadata(gen), step, onnx_metadata(step))
+    except BackendError as e:
+        raise TrainError(str(e)) from None
+    theirs = info.meta.get(WEIGHTS_KEY)
+    if theirs != wid:
+        raise TrainError(f"{folder}: its graphs come from another checkpoint (weights id {theirs}; this checkpoint's "
+                         f"is {wid}); pass that export's checkpoint, or `gcomp export` this one to another --out first")
+    return folder
+
 
 def train_encoder(cfg: EncoderConfig, log=print) -> Path:
-    """Train E against the frozen G of cfg.model; writes OUT/encoder.pt and OUT/encoder_log.jsonl."""
+    """Train E against the frozen G of cfg.model; writes OUT/encoder.pt and OUT/encoder_log.jsonl, OUT being the
+    export folder of that checkpoint (checked, with the options, before anything is written)."""
     from torch.utils.data import DataLoader
 
     from .data import ImageSource, StepBatchSampler
 
+    cfg.validate()
+    dev = resolve_device(cfg.device, 0)
     torch.manual_seed(cfg.seed)
     mcfg, G, D = load_models(cfg.model)
     wid = weights_id(G, D)  # the generator checkpoint this encoder is for: stamped on encoder.onnx
+    out = export_folder(cfg.out, wid)
     for p in G.parameters():
         p.requires_grad_(False)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     G.to(dev)
     E = Encoder(mcfg)
     E.apply(weights_init)
@@ -100,8 +141,6 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, stop=cfg.steps),
                         num_workers=1)
     rng = np.random.default_rng(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     logf = open(out / "encoder_log.jsonl", "w")
     t0 = time.perf_counter()
     for step, x in enumerate(loader, 1):

@@ -114,7 +114,7 @@ class _Dist:
         return self.rank == 0
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -132,7 +132,7 @@ def _init_dist(device_name: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank)
     info = _Dist(rank, world, local_rank)
     if world > 1 or (dist.is_available() and dist.is_initialized()):
         if not dist.is_initialized():
