@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..engine.api import open_model
-from ..engine.backends import backend_class
+from ..engine.backends import FORMATS, NAMES, BackendError, backend_class, check_device
 from ..engine.masks import make_mask
 from ..engine.search import SearchParams, momentum_update
 from .flops import flops_per_iteration  # noqa: F401 (tests and callers import it from here)
@@ -26,9 +26,6 @@ from .machine import cpu_model
 
 BASELINE_BATCH = 64
 PAUSE_S = 0.2  # interleaved runs: ONNX Runtime's and OpenVINO's idle worker threads spin for a while
-UNSUPPORTED = {("torch", "fp16"): "the torch backend computes in fp32, tf32 (CUDA) or bf16",
-               ("openvino", "fp16"): "OpenVINO's CPU plugin infers in fp32 or bf16",
-               ("onnxruntime", "tf32"): "tf32 is a torch backend mode", ("openvino", "tf32"): "tf32 is a torch backend mode"}
 # Dense peak FLOP/s by (device-name fragment, precision), from NVIDIA's data sheets (SXM parts).
 PEAKS = {("H100", "fp32"): 67e12, ("H100", "tf32"): 495e12, ("H100", "fp16"): 989e12, ("H100", "bf16"): 989e12,
          ("H200", "fp32"): 67e12, ("H200", "tf32"): 495e12, ("H200", "fp16"): 989e12, ("H200", "bf16"): 989e12}
@@ -210,6 +207,58 @@ def settings_grid(backend: str, threads=(None,), streams=(None,)) -> list[dict]:
     return grid
 
 
+def precisions_of(backend: str) -> tuple[str, ...]:
+    """What --precision can be for a backend: torch's compute and openvino's inference precision, as those
+    backends declare them; onnxruntime and tensorrt time an export of that precision."""
+    if backend == "torch":
+        from ..engine.backends.torch_backend import PRECISIONS
+    elif backend == "openvino":
+        from ..engine.backends.openvino_backend import PRECISIONS
+    else:
+        from ..export.onnx_export import PRECISIONS
+    return PRECISIONS
+
+
+def why_not(backend: str, precision: str, device: str) -> str | None:
+    """Why `backend` cannot be timed in `precision` on `device`; None where it can."""
+    if precision not in precisions_of(backend):
+        return f"the {backend} backend runs {', '.join(precisions_of(backend))}"
+    if precision == "tf32" and not device.startswith("cuda"):
+        return "tf32 is a CUDA mode"
+    return None
+
+
+def check_options(backends, batch_sizes, iters, precisions, device, warmup, threads=(None,), streams=(None,),
+                  rounds=1) -> None:
+    """Refuse a bad option before the export and the seed loop (~30 s), naming it; a run would otherwise
+    fail late (a bad device, precision or thread count), crash (--iters 0) or time nothing (--batch-size 0)."""
+    for opt, values in (("--backend", backends), ("--batch-size", batch_sizes), ("--precision", precisions)):
+        if not values:
+            raise ValueError(f"{opt}: give at least one value")
+    for opt, values, least in (("--batch-size", batch_sizes, 1), ("--iters", [iters], 1), ("--warmup", [warmup], 0),
+                               ("--rounds", [rounds], 1), ("--threads", threads, 1), ("--streams", streams, 1)):
+        for v in values:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise ValueError(f"{opt} must be >= {least}, got {v!r}")
+    check_device(device)
+    if device.startswith("cuda"):  # the seed loop would fail only once it loads the checkpoint
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError(f"--device {device}, but CUDA is not available (torch {torch.__version__}); "
+                               "use --device cpu")
+    for name in backends:
+        if name not in NAMES:
+            raise BackendError(f"--backend {name!r}: unknown backend (choose from {', '.join(NAMES)})")
+        devices = next(f.devices for f in FORMATS if f.name == name)
+        if name != "tensorrt" and device.split(":")[0] not in devices:  # tensorrt always runs on CUDA
+            raise BackendError(f"--device {device}: the {name} backend runs on {devices} only")
+    for prec in precisions:  # a pair that does not exist is skipped; a precision no backend runs is a mistake
+        reasons = [why_not(name, prec, device) for name in backends]
+        if all(reasons):
+            raise ValueError(f"--precision {prec}: {'; '.join(dict.fromkeys(reasons))}")
+
+
 def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int = 20, precisions=("fp32",),
           device: str = "cpu", warmup: int = 3, workdir=None, log=print, threads=(None,), streams=(None,),
           rounds: int = 1) -> dict:
@@ -219,10 +268,20 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
     each run's name then says its setting, and `best` in the report picks the fastest per
     (backend, precision, batch). rounds > 1 interleaves the runs (see time_runs).
     """
+    check_options(backends, batch_sizes, iters, precisions, device, warmup, threads, streams, rounds)
+    if workdir is not None:
+        return _bench(model, backends, batch_sizes, iters, precisions, device, warmup, Path(workdir), log, threads,
+                      streams, rounds)
+    with tempfile.TemporaryDirectory(prefix="gcomp-bench-") as tmp:  # its checkpoint and exports: ~100 MB, removed
+        return _bench(model, backends, batch_sizes, iters, precisions, device, warmup, Path(tmp), log, threads,
+                      streams, rounds)
+
+
+def _bench(model, backends, batch_sizes, iters, precisions, device, warmup, tmp: Path, log, threads, streams,
+           rounds) -> dict:
     from ..train.checkpoint import load_models, save
     from ..train.model import ModelConfig, build
 
-    tmp = Path(workdir or tempfile.mkdtemp(prefix="gcomp-bench-"))
     if model is None:  # timings do not depend on the weights: the default architecture, random init
         ckpt = save(tmp / "random.pt", ModelConfig(), *build(ModelConfig()))
     else:
@@ -233,8 +292,8 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
     runs = [seed_loop_run(ckpt, device)]
     for name in backends:
         for prec in precisions:
-            if (name, prec) in UNSUPPORTED or (prec == "tf32" and not device.startswith("cuda")):
-                log(f"skip {name} {prec}: {UNSUPPORTED.get((name, prec), 'tf32 is a CUDA mode')}")
+            if why_not(name, prec, device):
+                log(f"skip {name} {prec}: {why_not(name, prec, device)}")
                 continue
             target, options = ckpt, ({"precision": prec} if name == "torch" else {})
             if name in ("onnxruntime", "openvino", "tensorrt"):

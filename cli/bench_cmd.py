@@ -13,6 +13,13 @@ def _list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def _ints(option: str, s: str) -> list[int]:
+    try:
+        return [int(x) for x in _list(s)]
+    except ValueError:
+        raise fail(f"{option} takes comma-separated whole numbers (e.g. 1,16,64), got {s!r}") from None
+
+
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint; default: the default architecture with random weights (timings do not depend on weights)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="Comma-separated: torch, onnxruntime, openvino, tensorrt."),
@@ -29,6 +36,9 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
 ):
     """Time the seed-faithful loop and each backend on the same synthetic inputs, in one process."""
+    # parsed before torch loads (seconds); run() checks the values before any work
+    batch_sizes, thread_counts, stream_counts = (_ints("--batch-size", batch_size), _ints("--threads", threads),
+                                                 _ints("--streams", streams))
     try:
         import torch  # noqa: F401  (the baseline is the seed's PyTorch loop)
     except ImportError:
@@ -41,10 +51,9 @@ def bench(
     from ..train.checkpoint_file import CheckpointError
 
     try:
-        report = run(model, _list(backend), [int(b) for b in _list(batch_size)], iters, _list(precision),
-                     device, warmup, log=lambda m: typer.echo(m, err=True),
-                     threads=[int(t) for t in _list(threads)] or [None], streams=[int(n) for n in _list(streams)] or [None],
-                     rounds=rounds)
+        report = run(model, _list(backend), batch_sizes, iters, _list(precision), device, warmup,
+                     log=lambda m: typer.echo(m, err=True), threads=thread_counts or [None],
+                     streams=stream_counts or [None], rounds=rounds)
     except (BackendError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     m = report["machine"]

@@ -13,7 +13,10 @@ Masks: a kind ("center", "random:0.5", ... see gcomp.engine.masks.KINDS), or an 
 """
 from __future__ import annotations
 
+import numbers
 import os
+import types
+import typing
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,7 +28,7 @@ from .backends import Backend, BackendError, open_backend
 from .batch import complete_batch
 from .encoder import Encoder, load_encoder
 from .jobs import Item, Summary
-from .masks import MaskSpec
+from .masks import MaskError, MaskSpec
 from .options import CompleteOptions
 from .prepare import Prepared, prepare_image
 from .search import SearchParams
@@ -93,7 +96,7 @@ class Model:
     def options(self, options: CompleteOptions | None = None, **settings) -> CompleteOptions:
         """Complete job options for this model: `settings` (CompleteOptions or SearchParams fields) applied,
         the search settings resolved."""
-        opts = (options or CompleteOptions()).with_settings(**settings) if settings else (options or CompleteOptions())
+        opts = _with_settings(options, settings)
         return replace(opts, search=self.settings(opts.search))
 
     def encoder(self, init: str = "auto") -> Encoder | None:
@@ -108,14 +111,15 @@ class Model:
         """One HxWx3 uint8 RGB array ready for `complete_prepared`. `name` seeds its random mask and
         latents as a file's relative path does in `gcomp complete`."""
         opts = options or CompleteOptions()
-        rgb = _check_rgb(image)
-        spec = MaskSpec.parse(mask) if isinstance(mask, str) else _known(mask, rgb.shape[:2])
+        rgb = _check_rgb(image, name)
+        spec = MaskSpec.parse(mask) if isinstance(mask, str) else _known(mask, rgb.shape[:2], name)
         return prepare_image(Item(Path(name), name, Path(name)), images.Image(rgb, rgb), spec, self.size,
                              opts.seed, opts.search.weighted, opts.face, rgb_out=True)
 
     def complete_prepared(self, batch: list[Prepared], options: CompleteOptions | None = None,
                           on_progress: Callable[[int, np.ndarray], None] | None = None) -> tuple[list[np.ndarray], dict]:
         """The search, best restart, blend and composite for one batch: (images, stats)."""
+        self._check_open()
         opts = self.options(options)
         return complete_batch(self.backend, batch, opts, on_progress, self.encoder(opts.init))
 
@@ -123,17 +127,23 @@ class Model:
                  options: CompleteOptions | None = None, **settings) -> np.ndarray:
         """Complete one HxWx3 uint8 RGB image; returns the completed HxWx3 uint8 RGB image (known pixels
         untouched). settings: CompleteOptions / SearchParams fields, e.g. iters=50, blend="poisson"."""
-        return self.complete_many([image], mask, names=[name], options=options, **settings)[0]
+        return self.complete_many([image], [mask], names=[name], options=options, **settings)[0]
 
     def complete_many(self, images_: Sequence[np.ndarray], masks: Mask | Sequence[Mask] = "center", *,
                       names: Sequence[str] | None = None, options: CompleteOptions | None = None,
                       **settings) -> list[np.ndarray]:
         """Complete a list of RGB images, searched in batches of options.batch_size: one mask for all or
         one per image; names default to "000000", "000001", ..."""
+        self._check_open()  # before any image is prepared
         opts = self.options(options, **settings)
+        listed = isinstance(images_, np.ndarray) and images_.ndim == 4 or (
+            isinstance(images_, Sequence) and not isinstance(images_, (str, bytes)))
+        if not listed:  # one image would be iterated row by row, a path letter by letter; None has no len()
+            raise ValueError(f"complete_many takes a list of HxWx3 uint8 RGB arrays, got {_what(images_)} "
+                             "(one image: complete(); files: complete_files())")
         n = len(images_)
         names = list(names) if names is not None else [f"{i:06d}" for i in range(n)]
-        per_image = not isinstance(masks, (str, np.ndarray))
+        per_image = isinstance(masks, (list, tuple))  # else one mask for all (None is refused as a mask, not len()ed)
         if len(names) != n or (per_image and len(masks) != n):
             raise ValueError(f"{n} images need {n} names and masks")
         prepared = [self.prepare(im, masks[i] if per_image else masks, name=names[i], options=opts)
@@ -153,13 +163,19 @@ class Model:
         a bad mask, an unwritable output. Returns the Summary."""
         from .complete import run_files
 
-        opts = (options or CompleteOptions()).with_settings(**settings) if settings else (options or CompleteOptions())
-        return run_files(self, input, output, opts, progress=progress, log=log)
+        self._check_open()
+        return run_files(self, input, output, _with_settings(options, settings), progress=progress, log=log)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
         if self.owned:
             self.backend.deactivate()
+
+    def _check_open(self) -> None:
+        """A closed model's backend has released its session: say so, rather than fail inside the backend."""
+        if not self.backend.is_active:
+            raise BackendError(f"{self!r} is closed (its `with` block ended, or close() was called): use it inside "
+                               "`with gcomp.open_model(...) as model:`, or open it again")
 
     def __enter__(self) -> "Model":
         return self
@@ -177,18 +193,73 @@ def _defaults(d) -> dict:
     return json.loads(d) if isinstance(d, str) else dict(d or {})
 
 
-def _check_rgb(image) -> np.ndarray:
-    a = np.asarray(image)
+def _with_settings(options: CompleteOptions | None, settings: dict) -> CompleteOptions:
+    """`options` with `settings` applied, each checked for its type first: the dataclasses' own range checks
+    would otherwise fail on a wrong type with Python's words (lr="abc": "must be real number, not str")."""
+    opts = options or CompleteOptions()
+    if not settings:
+        return opts
+    hints = {**typing.get_type_hints(CompleteOptions), **typing.get_type_hints(SearchParams)}
+    for key, value in settings.items():
+        hint = hints.get(key)
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if value is None and type(None) in kinds:
+            continue
+        if int in kinds and float not in kinds:
+            ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+        elif float in kinds:
+            ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        elif str in kinds:
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue  # unknown names are with_settings' to refuse; flags and the rest are taken as given
+        if not ok:
+            raise ValueError(f"setting {key} must be {want}, got {value!r}")
+    return opts.with_settings(**settings)
+
+
+def _what(a) -> str:
+    return f"an array {a.dtype} {a.shape}" if isinstance(a, np.ndarray) else "None" if a is None else type(a).__name__
+
+
+def _check_rgb(image, name: str = "image") -> np.ndarray:
+    """An HxWx3 uint8 RGB array, else one ValueError saying what was given and how to convert it."""
+    a = np.asarray(image) if isinstance(image, (np.ndarray, list, tuple)) else None
+    if a is None or a.dtype == object:
+        raise ValueError(f"{name}: expected an HxWx3 uint8 RGB array, got {_what(image)}")
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {a.dtype} {a.shape}")
+        raise ValueError(f"{name}: expected an HxWx3 uint8 RGB array, got {a.dtype} {a.shape}{_hint(a)}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name}: an empty image ({a.shape[0]}x{a.shape[1]}): nothing to complete")
     return a
 
 
-def _known(mask, shape: tuple[int, int]) -> np.ndarray:
+def _hint(a: np.ndarray) -> str:
+    """How to make the HxWx3 uint8 RGB the API takes from what people often have (files of any depth or layout
+    go through complete_files, which keeps them)."""
+    if a.dtype == np.uint16:
+        how = "16-bit: (a // 257).astype(np.uint8)"
+    elif a.dtype.kind == "f":
+        how = "floats in [0, 1]: (a * 255).round().astype(np.uint8)"
+    elif a.dtype != np.uint8:
+        return ""
+    elif a.ndim == 2:
+        how = "grayscale: np.dstack([a] * 3)"
+    elif a.ndim == 3 and a.shape[2] == 4:
+        how = "RGBA: a[:, :, :3]"
+    else:
+        return ""
+    return f" ({how}; files of any depth or layout: complete_files)"
+
+
+def _known(mask, shape: tuple[int, int], name: str = "image") -> np.ndarray:
     """A hole mask array (nonzero = fill) -> 1 = known, the convention inside gcomp."""
-    m = np.asarray(mask)
+    m = np.asarray(mask) if isinstance(mask, (np.ndarray, list, tuple)) else None
+    if m is None or m.dtype == object:
+        raise MaskError(f"{name}: the mask must be a kind (\"center\", \"random:0.5\", ... see Masks) or an HxW array "
+                        f"whose nonzero pixels are the hole, got {_what(mask)}")
     if m.ndim == 3 and m.shape[2] == 1:
         m = m[:, :, 0]
     if m.shape != tuple(shape):
-        raise ValueError(f"the mask is {m.shape}, the image {tuple(shape)}: they must be the same size")
+        raise MaskError(f"{name}: the mask is {m.shape}, the image {tuple(shape)}: they must be the same size")
     return (m == 0).astype(np.float32)

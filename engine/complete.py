@@ -7,6 +7,7 @@ skipped on a rerun, so an interrupted job resumes where it stopped. Call it thro
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -18,8 +19,8 @@ from . import images
 from .backends import Backend
 from .batch import complete_batch, progress_writer
 from .images import ImageError
-from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, single_image_job,
-                   start_writing)
+from .jobs import (Interrupted, Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo,
+                   nothing_to_do, single_image_job, start_writing)
 from .masks import MaskError
 from .options import CompleteOptions
 from .prepare import Prepared, prepare
@@ -51,7 +52,7 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
                                             str(encoder.path) if encoder else None, be.settings()))
     todo, summary.skipped = list_todo(src, dst, opts)
     if not todo and not summary.skipped:
-        log(f"note: no images under {src} ({', '.join(images.SUFFIXES)})")
+        log(f"note: {nothing_to_do(src, opts.shard)}")
 
     def fail(item: Item, err: Exception) -> None:
         log(f"error: {error_text(item.key, str(item.path), err)}")
@@ -62,10 +63,12 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     size = be.info.size
     pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="gcomp-io")
     writes: list[tuple[Item, Future]] = []
+    # Outputs written without error, counted as each write finishes (next() on a count is atomic): what Ctrl-C
+    # reports. summary.done lags behind it, and a Ctrl-C inside _drain would count some writes twice there.
+    written = itertools.count()
     bar = ProgressBar(progress, len(todo))
+    ahead: deque = deque()
     try:
-        ahead: deque = deque()
-
         def submit(chunk):
             return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted, opts.face, log)) for it in chunk]
 
@@ -94,9 +97,17 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
                 summary.search_seconds += stats["seconds"]
                 for p, arr in zip(batch, outs):
                     writes.append((p.item, pool.submit(images.write, p.item.out, arr, tag)))
+                    writes[-1][1].add_done_callback(lambda f: f.cancelled() or f.exception() or next(written))
                 batch_no += 1
             writes = _drain(writes, summary, fail, bar, block=False)
         _drain(writes, summary, fail, bar, block=True)
+    except KeyboardInterrupt:
+        for futs in ahead:  # Ctrl-C: drop the decodes queued for batches that will not run; finish the writes,
+            for _, fut in futs:  # whose results are already computed (each lands whole or not at all)
+                fut.cancel()
+        pool.shutdown(wait=True)
+        done = next(written)
+        raise Interrupted(done, len(todo) - done) from None
     finally:
         pool.shutdown(wait=True)
         bar.close()

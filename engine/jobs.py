@@ -106,9 +106,34 @@ def temp_tag(shard: tuple[int, int]) -> str:
 
 
 def error_text(key: str, path: str, err: Exception | str) -> str:
-    """A per-image error as logged: prefixed with the image's name unless it already says it."""
+    """A per-image error as logged, in the README's one form `<input file as given>: <reason>`. Reading names
+    the file already; mask and prepare errors start with the image's key (all the Python API knows, as `name`),
+    which is swapped for the file here; anything else (a failed write) gets the file in front."""
     msg = str(err)
-    return msg if key in msg or path in msg else f"{key}: {msg}"
+    if msg.startswith(f"{key}: ") and not msg.startswith(f"{path}: "):
+        msg = msg[len(key) + 2:]
+    return msg if msg.startswith(f"{path}: ") else f"{path}: {msg}"
+
+
+def nothing_to_do(src: Path, shard: tuple[int, int]) -> str:
+    """Why a job listed no image at all: none under the input, or none in this shard (names are split by a hash,
+    so a small input can leave a shard empty; "no images under ..." would wrongly blame the input)."""
+    k, n = shard
+    total = sum(1 for _ in iter_inputs(src)) if n > 1 else 0  # listed again only in this rare case
+    if total:
+        return (f"shard {k}/{n} holds none of the {total} image{'s' if total != 1 else ''} under {src} "
+                f"(images go to shards by a hash of their names): the other shards have them")
+    return f"no images under {src} ({', '.join(images.SUFFIXES)})"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a job, with how far it got: still a KeyboardInterrupt to callers that catch that. Outputs are
+    written whole (temporary name, then rename) and a rerun skips them, so the same command resumes."""
+
+    def __init__(self, done: int, left: int):
+        super().__init__(f"interrupted: {done} done, {left} left; run the same command again to resume "
+                         f"(finished images are skipped)")
+        self.done, self.left = done, left
 
 
 class JobError(ValueError):

@@ -108,12 +108,14 @@ def to_model_size(known: np.ndarray, size: int) -> np.ndarray:
     return (small > 0.999).astype(np.float32)
 
 
-def read_mask_file(path: str | Path) -> np.ndarray:
-    """A mask image (any format OpenCV reads), white = fill. Returns 1 = known."""
+def read_mask_file(path: str | Path, key: str | None = None) -> np.ndarray:
+    """A mask image (any format OpenCV reads), white = fill. Returns 1 = known. `key`: the image it is for,
+    which the error then starts with, as every per-image error does."""
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if img is None:
-        raise MaskError(f"{path}: mask is not a readable image")
+        raise MaskError(f"{key}: mask {path} is not a readable image" if key else
+                        f"{path}: mask is not a readable image")
     return (img <= 127).astype(np.float32)
 
 
@@ -127,25 +129,26 @@ class MaskSpec:
 
     @classmethod
     def parse(cls, spec: str) -> "MaskSpec":
-        """'center', 'center:0.3', 'random:0.5', or a path to a mask file or a folder of masks."""
+        """'center', 'center:0.3', 'random:0.5', or a path to a mask file or a folder of masks. Messages name the
+        value as `mask '...' (--mask)`, so they read right from the API (mask=) and from `gcomp complete`."""
         name, _, arg = spec.partition(":")
         name = ALIASES.get(name, name)
         if name in KINDS:
             if arg and name not in DEFAULT_PARAM:
-                raise MaskError(f"--mask {spec!r}: the {name} mask takes no parameter")
+                raise MaskError(f"mask {spec!r} (--mask): the {name} mask takes no parameter")
             try:
                 param = float(arg) if arg else None
             except ValueError:
-                raise MaskError(f"--mask {spec!r}: the parameter must be a number") from None
+                raise MaskError(f"mask {spec!r} (--mask): the parameter must be a number") from None
             if name == "full":  # a kind for make_mask (reconstruction), not for completing images
-                raise MaskError(f"--mask {spec!r} keeps every pixel: nothing to fill (choose from "
+                raise MaskError(f"mask {spec!r} (--mask) keeps every pixel: nothing to fill (choose from "
                                 f"{', '.join(k for k in KINDS if k != 'full')}, or a mask file/folder)")
             try:  # a bad parameter fails here, once, before any image is read
                 trial = make_mask(name, 64, param, np.random.default_rng(0))
             except MaskError as e:
-                raise MaskError(f"--mask {spec!r}: {e}") from None
+                raise MaskError(f"mask {spec!r} (--mask): {e}") from None
             if name != "random" and trial.min() == 1 or name == "random" and not (param is None or param > 0):
-                raise MaskError(f"--mask {spec!r} leaves nothing to fill")
+                raise MaskError(f"mask {spec!r} (--mask) leaves nothing to fill")
             return cls(kind=name, param=param)
         p = Path(spec)
         if p.is_file():  # one mask for every image: read and checked once, before any image
@@ -155,7 +158,7 @@ class MaskSpec:
         if p.exists():
             return cls(path=p)
         kinds = ", ".join(k for k in KINDS if k != "full")
-        raise MaskError(f"--mask {spec!r} is neither a kind ({kinds}; half = left) nor an existing file or folder")
+        raise MaskError(f"mask {spec!r} (--mask) is neither a kind ({kinds}; half = left) nor an existing file or folder")
 
     def describe(self) -> str:
         if self.path is not None:
@@ -171,9 +174,11 @@ class MaskSpec:
                 m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
             return m
         if self.path.is_dir():
-            m = self._from_folder(key)
+            f = self._find_in_folder(key)
+            m = read_mask_file(f, key)
             if m.shape != (h, w):
-                raise MaskError(f"mask for {key} is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}")
+                raise MaskError(f"{key}: mask {f} is {m.shape[1]}x{m.shape[0]}, the image {w}x{h}: a folder's masks "
+                                f"must be the size of their images")
             return m
         # One mask for every image: scaled to each.
         m = read_mask_file(self.path)
@@ -181,14 +186,19 @@ class MaskSpec:
             m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
         return m
 
-    def _from_folder(self, key: str) -> np.ndarray:
+    def _find_in_folder(self, key: str) -> Path:
+        """The mask file for the image named `key`: same relative folder and stem, else the stem at the top."""
         rel = Path(key)
-        for cand in [self.path / rel.parent] + ([self.path] if rel.parent != Path(".") else []):
+        looked = [self.path / rel.parent] + ([self.path] if rel.parent != Path(".") else [])
+        for cand in looked:
             if cand.is_dir():
                 for f in sorted(cand.glob(glob_escape(rel.stem) + ".*")):
                     if f.is_file():
-                        return read_mask_file(f)
-        raise MaskError(f"no mask for {key} in {self.path} (masks are matched by file stem)")
+                        return f
+        # Starts with the image's key, like every per-image error: the job's log puts the input file there.
+        tried = " or ".join(f"{c / rel.stem}.*" for c in looked)
+        raise MaskError(f"{key}: no mask in {self.path} (looked for {tried}; masks are matched by relative path "
+                        f"and file stem)")
 
 
 def glob_escape(s: str) -> str:

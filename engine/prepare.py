@@ -58,6 +58,6 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
         region = image.rgb[y:y + side, x:x + side]
     small = to_model_size(known if box is None else known[box[1]:box[1] + box[2], box[0]:box[0] + box[2]], size)
     if small.min() == 1:
-        raise MaskError(f"{item.key}: the mask leaves nothing to fill")
+        raise MaskError(f"{item.key}: the mask leaves nothing to fill (white / nonzero = fill)")
     return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
                     w=context_weights(small, weighted)[None], known_small=small[None], box=box, rgb_out=rgb_out)

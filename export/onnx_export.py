@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..engine.backends.exported import (GENERATOR_FILE, GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_FILE,  # noqa: F401
-                                        STEP_INPUTS, STEP_OUTPUTS, WEIGHTS_KEY)
+                                        STEP_INPUTS, STEP_OUTPUTS, VALIDATION_FILE, WEIGHTS_KEY)
 from .metadata import (CONVENTIONS, DEFAULT_LICENSE, MASK_CONVENTION, RECOMMENDED,  # noqa: F401
                        parse_recommend, write_metadata)
 from .validate import example_inputs
@@ -204,7 +204,8 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     """Export `checkpoint` (a .pt file or a run folder) into `out_dir`.
 
     Writes generator.onnx and step.onnx (float32 IO for every precision), validates them against the
-    PyTorch reference unless validate=False (validation.json; ValidationError on failure), and with
+    PyTorch reference unless validate=False (validation.json; ValidationError on failure; an earlier export's
+    validation.json in out_dir is removed first, so an unvalidated export never carries a stale verdict), and with
     trt=True builds generator.engine and step.engine. Returns
     {"files": [{"name", "path", "bytes", "seconds"}...], "paths": {name: path}, "validation": report or None,
      "engines": {name: header}}.
@@ -228,6 +229,10 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
         f"-> {out} (precision {precision}, batch {batch}, unroll {unroll}, opset {opset})")
     about = about_export(G, D, checkpoint, cfg, recommend, description, license)
     out.mkdir(parents=True, exist_ok=True)
+    # An earlier export's validation.json describes the graphs about to be replaced, and the runtime trusts it (or
+    # refuses the export when it says "ok": false): remove it first, so that without validation (or if this export
+    # stops half-way) the new graphs count as unvalidated, like a fresh export's; validation writes a new one.
+    (out / VALIDATION_FILE).unlink(missing_ok=True)
     files: list[dict[str, Any]] = []
 
     def _record(name: str, path: Path, t0: float) -> None:

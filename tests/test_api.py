@@ -61,6 +61,37 @@ def test_arrays_and_mask_arrays():
             gcomp.open_model(threads=1, fast=True)
 
 
+def test_misuse_is_one_clear_error_naming_what_is_wrong():
+    """Wrong arguments get gcomp's errors (ValueError / MaskError, BackendError for a closed model) that say what
+    was given and what is expected, not Python's or OpenCV's words from deep inside."""
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    with gcomp.open_model() as model:
+        with pytest.raises(gcomp.MaskError, match="the mask must be a kind .* got None"):
+            model.complete(rgb, mask=None)
+        with pytest.raises(gcomp.MaskError, match="got None"):
+            model.complete_many([rgb], None)
+        with pytest.raises(ValueError, match=r"empty image \(0x0\)"):
+            model.complete(np.zeros((0, 0, 3), np.uint8))
+        for bad, hint in [(np.zeros((64, 64, 3), np.uint16), "a // 257"), (np.zeros((64, 64, 3), np.float32), "a * 255"),
+                          (np.zeros((64, 64), np.uint8), "grayscale"), (np.zeros((64, 64, 4), np.uint8), "RGBA"),
+                          (None, "got None")]:
+            with pytest.raises(ValueError, match=f"expected an HxWx3 uint8 RGB array.*{re.escape(hint)}"):
+                model.complete(bad)
+        with pytest.raises(ValueError, match="complete_many takes a list"):
+            model.complete_many(rgb)  # one image, not a list of them
+        with pytest.raises(ValueError, match="setting lr must be a number, got 'abc'"):
+            model.complete(rgb, lr="abc")
+        with pytest.raises(ValueError, match="setting iters must be an integer, got 1.5"):
+            model.complete(rgb, iters=1.5)
+        with pytest.raises(ValueError, match="setting batch_size must be an integer"):
+            model.complete_files("in", "out", batch_size="8")
+        with pytest.raises(gcomp.MaskError, match=r"^mask 'blob' \(--mask\) is neither a kind"):
+            model.complete(rgb, "blob")  # reads right from the API and from `gcomp complete --mask`
+    for call in (lambda: model.complete(rgb), lambda: model.complete_files("in", "out")):
+        with pytest.raises(gcomp.BackendError, match="is closed.*open it again"):
+            call()
+
+
 # -- the same bytes every way ------------------------------------------------------------------------
 OPTS = dict(mask="random:0.6", seed=3, restarts=2, blend="poisson", batch_size=2)
 ITERS = 20

@@ -55,3 +55,37 @@ def test_interleaved_rounds_time_every_call(tiny_ckpt):
     rep = bench(tiny_ckpt, ["onnxruntime", "torch"], [2], iters=5, warmup=1, rounds=2, log=lambda m: None)
     assert rep["rounds"] == 2 and [r["backend"] for r in rep["runs"]] == ["baseline", "onnxruntime", "torch"]
     assert all(len(r["latencies_ms"]) == 5 for r in rep["runs"])  # 2 + 3 calls over the two rounds
+
+
+def _no_cuda():
+    import torch
+
+    return pytest.param(["--device", "cuda"], "--device cuda, but CUDA is not available",
+                        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--iters", "0"], "--iters must be >= 1, got 0"),
+    (["-b", "2,0"], "--batch-size must be >= 1, got 0"),
+    (["-b", "abc"], "--batch-size takes comma-separated whole numbers (e.g. 1,16,64), got 'abc'"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--streams", "2,x"], "--streams takes comma-separated whole numbers"),
+    (["--precision", "fp8"], "--precision fp8: the onnxruntime backend runs fp32, fp16, bf16"),
+    (["--backend", "torch", "--precision", "fp16"], "--precision fp16: the torch backend runs fp32, tf32, bf16"),
+    (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--backend", "auto"], "--backend 'auto': unknown backend"),
+    (["--device", "gpu"], "--device 'gpu': unknown device"),
+    _no_cuda(),
+])
+def test_a_bad_option_is_refused_before_any_work(args, needle, monkeypatch):
+    """One line naming the option, exit 2, and neither the checkpoint, the export nor the seed loop started
+    (they took ~30 s before the refusal)."""
+    def work(*a, **k):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr("gcomp.train.checkpoint.save", work)
+    monkeypatch.setattr("gcomp.train.checkpoint.load_models", work)
+    r = CliRunner().invoke(app, ["bench", *args])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ") and needle in r.stderr

@@ -74,6 +74,21 @@ def backend_class(name: str) -> type[Backend]:
     raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(NAMES)})")
 
 
+def check_torch_model(model: str | Path) -> None:
+    """The torch backend runs training checkpoints only. An export given to it (the bundled model is one) is named
+    as such, with the backends that run it, instead of torch's "no checkpoint at ..." or an unpickling error."""
+    p = Path(model)
+    torch_fmt = FORMATS[0]
+    if (p / torch_fmt.marker).exists() if p.is_dir() else p.suffix.lower() in torch_fmt.suffixes:
+        return
+    runs = [f.name for f in FORMATS[1:] if ((p / f.marker).exists() if p.is_dir() else p.suffix.lower() in f.suffixes)]
+    if runs:
+        kind = ("a TensorRT export" if runs == ["tensorrt"] else "an ONNX export") + ("" if p.is_dir() else "'s graph")
+        raise BackendError(f"{model} is {kind}, not a training checkpoint: the torch backend (--backend torch) needs "
+                           f"a .pt file or a run folder with {torch_fmt.marker}; run this export with "
+                           f"{' or '.join(runs)} (--backend {runs[0]}, or leave --backend auto)")
+
+
 DEVICES = ("cpu", "cuda", "cuda:N")
 
 
@@ -96,6 +111,8 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
         raise BackendError(f"model not found: {model}")
     name, why = auto_backend(model, device) if backend == "auto" else (backend, "")
     cls = backend_class(name)
+    if name == "torch":
+        check_torch_model(model)
     fmt = next(f for f in FORMATS if f.name == name)
     warning = None
     if name != "torch":  # gcomp export's files: the path must name the graphs, and their validation must have passed
@@ -122,4 +139,4 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
 
 
 __all__ = ["Backend", "BackendError", "ModelInfo", "SearchResult", "open_backend", "auto_backend", "backend_for",
-           "backend_class", "check_device", "FORMATS", "NAMES", "DEVICES"]
+           "backend_class", "check_device", "check_torch_model", "FORMATS", "NAMES", "DEVICES"]
