@@ -3,7 +3,7 @@
     python -m gcomp.benchmarks.before_after [examples/astronaut.jpg] [examples/astronaut_before_after.jpg]
 
 Left to right, around the face the job crops: the input with uniform noise in its hole, --blend none,
---blend poisson (the default, `auto`), the original. Nothing the model sees depends on the noise.
+the default (`--blend auto`), the original. Nothing the model sees depends on the noise.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main(src: str | Path = ROOT / "examples" / "astronaut.jpg",
         hole = p.known < 0.5
         noisy = rgb.copy()
         noisy[hole] = np.random.default_rng(0).integers(0, 256, (int(hole.sum()), 3), dtype=np.uint8)
-        outs = [model.complete(noisy, hole, blend=b) for b in ("none", "poisson")]
+        outs = [model.complete(noisy, hole, blend=b) for b in ("none", "auto")]
     x, y, side = p.box if p.box is not None else (0, 0, min(rgb.shape[:2]))
     tiles = [cv2.resize(a[y:y + side, x:x + side], (TILE, TILE), interpolation=cv2.INTER_AREA)
              for a in (noisy, *outs, rgb)]

@@ -1,6 +1,7 @@
 """`gcomp complete`: fill the masked region of an image or of every image in a folder tree."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,18 @@ def _shard(value: str) -> tuple[int, int]:
         raise typer.BadParameter(f"expected K/N, e.g. 0/4, got {value!r}") from None
 
 
+@contextlib.contextmanager
+def _interrupted():
+    """Ctrl-C: one line saying how far the job got and that a rerun resumes (Typer alone exits 130 silently)."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        # run_files raises Interrupted (its message has the counts); Ctrl-C elsewhere (loading, --ray) has none
+        typer.echo(str(e) if str(e) else "interrupted; run the same command again to resume (finished images are "
+                   "skipped)", err=True)
+        raise typer.Exit(130) from None
+
+
 def complete(
     input: Path = typer.Argument(..., help="An image, or a folder (searched recursively)."),
     output: Path = typer.Argument(..., help="Output folder (mirrors the input tree), or an image path for one input image."),
@@ -27,8 +40,9 @@ def complete(
     restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
     init: str = typer.Option("auto", "--init", help="Starting latent: auto (the model's encoder.onnx if it has one, else random), encoder, random."),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", show_default="the model's", help="Stop an image after N steps without improvement; 0 never (default: the model's recommendation, else never)."),
-    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (default: poisson, chosen by measurement), poisson "
-                                        "(leak-free Poisson blending of the seam) or none (exact composite of G's pixels)."),
+    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (default: poisson:0.5, chosen by measurement), "
+                                        "poisson (leak-free Poisson blending of the seam), poisson:A (G's gradients weighted by A "
+                                        "in [0, 1]; 0 = the harmonic fill, no GAN) or none (exact composite of G's pixels)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
     backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, openvino, tensorrt."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
@@ -65,7 +79,7 @@ def complete(
     from ..engine.search import SearchParams
     from .errors import runtime_errors, user_errors
 
-    with user_errors(*runtime_errors()):
+    with user_errors(*runtime_errors()), _interrupted():
         opts = CompleteOptions(
             mask=mask, batch_size=batch_size, restarts=restarts, seed=seed, overwrite=overwrite,
             **({"blend": blend} if blend is not None else {}),

@@ -30,7 +30,7 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime / openvino: CPU threads."),
     streams: Optional[int] = typer.Option(None, "--streams", help="onnxruntime / openvino: concurrent requests."),
     seed: int = typer.Option(0, "--seed"),
-    blend: Optional[str] = typer.Option(None, "--blend", help="As gcomp complete's: auto (default), none, poisson."),
+    blend: Optional[str] = typer.Option(None, "--blend", help="As gcomp complete's: auto (default), none, poisson, poisson:A."),
     out: Optional[Path] = typer.Option(None, "--out", help="Keep what was scored: OUT/KIND/input/ (the noisy-hole inputs) and "
                                        "OUT/KIND/output/ (the files gcomp complete wrote). Default: a temporary folder."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the scores here."),
@@ -46,13 +46,14 @@ def evaluate(
 
     from ..engine import images
     from ..engine.api import open_model
-    from ..engine.evaluate import PAPER_PSNR, evaluate as run, picture_grid
+    from ..engine.evaluate import PAPER_PSNR, check_args, evaluate as run, picture_grid
     from ..engine.options import CompleteOptions
     from ..engine.search import SearchParams
     from .errors import runtime_errors
 
     kinds = [k.strip() for k in mask.split(",") if k.strip()]
     try:
+        check_args(data, kinds, limit)  # before the model loads
         opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed, init=init,
                                **({"blend": blend} if blend is not None else {}),
                                search=SearchParams(iters=iters, lr=lr, lam=lam, optimizer=optimizer, patience=early_stop,
@@ -66,11 +67,13 @@ def evaluate(
             backend_settings, model, opts = m.backend.settings(), m.source, m.options(opts)
     except (*runtime_errors(), OSError) as e:
         raise fail(str(e)) from None
-    t = Table(title=f"gcomp eval on {data} ({results[0].n} images, {results[0].search['iters']} iterations)")
+    skipped = f", {results[0].skipped} unreadable skipped" if results[0].skipped else ""
+    t = Table(title=f"gcomp eval on {data} ({results[0].n} images{skipped}, {results[0].search['iters']} iterations)")
     for c in ("mask", "method", "PSNR dB", "PSNR hole dB", "SSIM", "L1 hole"):
         t.add_column(c, justify="left" if c in ("mask", "method") else "right")
     for r in results:
-        for name, label in (("gcomp", "gcomp"), ("telea", "cv2.inpaint Telea"), ("ns", "cv2.inpaint NS")):
+        for name, label in (("gcomp", "gcomp"), ("telea", "cv2.inpaint Telea"), ("ns", "cv2.inpaint NS"),
+                            ("harmonic", "harmonic fill (no GAN)")):
             s = r.scores[name]
             t.add_row(r.mask, label, f"{s['psnr']:.2f}", f"{s['psnr_hole']:.2f}", f"{s['ssim']:.3f}", f"{s['l1_hole']:.4f}")
         if r.mask in PAPER_PSNR:

@@ -16,47 +16,75 @@ made-up border value; seamlessClone's reflected padding did that and lost 2 dB o
 per mask shape (scipy's SuperLU); holes larger than EXACT_MAX pixels are solved with OpenCV's
 seamlessClone on a destination whose hole was first filled from known pixels only (Telea), which is also
 leak-free but pins a hole touching the border.
+
+`poisson:A` scales G's gradients by A in [0, 1]. The system is linear, so that is A x (the Poisson blend) +
+(1 - A) x (the harmonic fill: zero gradients, the smoothest surface through the hole's known border), a
+shrinkage of G's noisy detail toward the smooth fill. `poisson` = `poisson:1` (Perez et al.'s), `poisson:0`
+ignores G altogether (the harmonic baseline `gcomp eval` reports). With the bundled model A = 0.5 scored
+best over the four mask kinds on val.tar (benchmarks/results/quality.md), so `auto` is `poisson:0.5`.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
-BLENDS = ("auto", "none", "poisson")
+BLENDS = ("auto", "none", "poisson")  # poisson also as poisson:A, A in [0, 1] (the gradients' weight)
 #: what `auto` picks (measured on val.tar, benchmarks/results/quality.md: Poisson raised whole-image PSNR
-#: and SSIM for every mask kind with the bundled model)
-AUTO = "poisson"
+#: and SSIM for every mask kind with the bundled model, and half of G's gradients more than all of them)
+AUTO = "poisson:0.5"
 EXACT_MAX = 512 * 512  # hole pixels solved exactly; above, the OpenCV solver (see the module's docstring)
 _PAD = 8  # seamlessClone ignores a mask that touches the border: work on a reflected margin
+
+
+def parse_blend(how: str) -> tuple[str, float]:
+    """'auto' | 'none' | 'poisson' | 'poisson:A' -> (kind, the weight A of G's gradients)."""
+    if how == "auto":
+        how = AUTO
+    kind, _, weight = str(how).partition(":")
+    if kind == "none" and not weight:
+        return "none", 1.0
+    if kind == "poisson":
+        try:
+            a = float(weight) if weight else 1.0
+        except ValueError:
+            a = math.nan
+        if math.isfinite(a) and 0 <= a <= 1:
+            return "poisson", a
+        raise ValueError(f"blend poisson:A takes a weight A in [0, 1], got {how!r}")
+    raise ValueError(f"blend must be one of {', '.join(BLENDS)} or poisson:A (A in [0, 1]), got {how!r}")
 
 
 def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: str) -> np.ndarray:
     """The fill to composite over the known pixels (HxWx3 uint8, same size as rgb). Reads rgb only where
     known >= 0.5, so the result never depends on what the input holds in its hole."""
-    if how == "auto":
-        how = AUTO
-    if how == "none":
+    kind, weight = parse_blend(how)
+    if kind == "none":
         return fill
-    if how != "poisson":
-        raise ValueError(f"blend must be one of {BLENDS}, got {how!r}")
     hole = known < 0.5
     n = int(hole.sum())
     if n == 0 or n == hole.size:
         return fill  # nothing to blend into, or no context to blend with
     if n > EXACT_MAX:
-        return _seamless_clone(rgb, fill, hole)
-    return _poisson(rgb, fill, hole)
+        out = _seamless_clone(rgb, fill, hole)
+        if weight == 1:
+            return out
+        # linearity: A x (G's Poisson blend) + (1 - A) x (the blend of a flat source, the harmonic fill)
+        flat = _seamless_clone(rgb, np.full_like(fill, 128), hole)
+        mix = weight * out.astype(np.float64) + (1 - weight) * flat.astype(np.float64)
+        return np.clip(np.rint(mix), 0, 255).astype(np.uint8)
+    return _poisson(rgb, fill, hole, weight)
 
 
-def _poisson(rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def _poisson(rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, weight: float = 1.0) -> np.ndarray:
     system = _system(hole.shape, np.packbits(hole).tobytes())
     out = fill.copy()
     if system is None:  # no hole pixel touches a known one: nothing pins the solution
         return out
     lu, ys, xs, nbrs = system
-    g = fill.astype(np.float64)
+    g = weight * fill.astype(np.float64)  # the gradients' weight (only differences of g are used)
     y = np.where(hole[:, :, None], 0, rgb).astype(np.float64)  # the hole is never read
     for c in range(fill.shape[2]):
         gp = g[ys, xs, c]

@@ -1,4 +1,4 @@
-"""`gcomp eval`: completion quality per mask kind, beside OpenCV's inpainting on the same inputs.
+"""`gcomp eval`: completion quality per mask kind, beside OpenCV's inpainting and the no-GAN harmonic fill.
 
 What is scored is what `gcomp complete` writes: every input gets noise in its hole first (no method may
 depend on the hole's old content), goes through the files path, and the written files are read back.
@@ -16,12 +16,13 @@ import tarfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
 
 from . import images
+from .blend import blend
 from .jobs import iter_inputs
 from .masks import MaskSpec, image_rng
 from .options import CompleteOptions
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 PAPER_PSNR = {"center": (21.3, 19.4), "pattern": (19.2, 17.4), "random": (20.6, 22.8), "half": (15.5, 13.7)}
 OPENCV = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+#: what eval scores: gcomp's written files, OpenCV's two inpainters and the no-GAN harmonic fill, on the
+#: same noisy inputs
+METHODS = ("gcomp", "telea", "ns", "harmonic")
 INPAINT_RADIUS = 3
 
 
@@ -70,15 +74,29 @@ def metrics(pred: np.ndarray, truth: np.ndarray, known: np.ndarray) -> dict:
             "l1_hole": hole_l1(pred, truth, hole)}
 
 
+def harmonic_fill(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """The no-GAN baseline: the hole filled by the smoothest surface through its known border (the Poisson
+    blend with G's gradients weighted 0, `--blend poisson:0`): what the blend alone would give."""
+    fill = blend(rgb, np.zeros_like(rgb), known, "poisson:0")
+    return np.where((known >= 0.5)[:, :, None], rgb, fill)
+
+
 def opencv_inpaint(rgb: np.ndarray, known: np.ndarray, method: str) -> np.ndarray:
     hole = (known < 0.5).astype(np.uint8) * 255
     return cv2.inpaint(rgb, hole, INPAINT_RADIUS, OPENCV[method])
 
 
-def read_images(data: str | Path, limit: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, HxWx3 uint8 RGB) from a folder tree or a tar of images, streamed; bad files skipped."""
+def read_images(data: str | Path, limit: int | None = None,
+                on_skip: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, HxWx3 uint8 RGB) from a folder tree or a tar of images, streamed; bad files skipped, each
+    reported to on_skip(file, reason) (a silent skip would score fewer images than asked for)."""
     p = Path(data)
     n = 0
+
+    def skip(name: str, err: images.ImageError) -> None:
+        if on_skip:
+            on_skip(name, str(err).removeprefix(f"{name}: "))  # decode's messages start with the name
+
     if p.is_file() and tarfile.is_tarfile(p):
         with tarfile.open(p) as tar:
             for m in tar:
@@ -88,8 +106,8 @@ def read_images(data: str | Path, limit: int | None = None) -> Iterator[tuple[st
                     try:
                         yield m.name, images.decode(tar.extractfile(m).read(), m.name).rgb
                         n += 1
-                    except images.ImageError:
-                        continue
+                    except images.ImageError as e:
+                        skip(m.name, e)
         return
     for path, key in iter_inputs(p):
         if limit is not None and n >= limit:
@@ -97,8 +115,21 @@ def read_images(data: str | Path, limit: int | None = None) -> Iterator[tuple[st
         try:
             yield key, images.read(path).rgb
             n += 1
-        except images.ImageError:
-            continue
+        except images.ImageError as e:
+            skip(str(path), e)
+
+
+def check_args(data: str | Path, masks, limit: int | None) -> None:
+    """Refuse bad arguments before the model loads or an image is read: a missing DATA and --limit 0 would
+    otherwise both read as 'no readable images', and an unknown mask kind would fail only after the reading."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit must be >= 1, got {limit!r}")
+    if not Path(data).exists():
+        raise ValueError(f"data path does not exist: {data}")
+    if not masks:
+        raise ValueError("--mask: give at least one mask kind")
+    for kind in masks:
+        MaskSpec.parse(kind)  # "half" is masks.ALIASES' left half
 
 
 @dataclass
@@ -110,6 +141,7 @@ class KindResult:
     images_per_s: float = 0.0
     search: dict = field(default_factory=dict)  # the settings used, after the model's defaults
     blend: str = ""
+    skipped: int = 0  # unreadable files passed over while reading the data (the same for every kind)
 
 
 def noisy_input(rgb: np.ndarray, known: np.ndarray, key: str, seed: int = 0) -> np.ndarray:
@@ -132,14 +164,19 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
     Returns per-kind means and the picture rows (noisy input | gcomp | Telea | NS | original)."""
     import tempfile
 
+    check_args(data, masks, limit)
     opts = replace(opts or CompleteOptions(), face="off", overwrite=True)  # eval images are at the model's size
     size = model.size
+    skipped = []
+
+    def skip(name: str, reason: str) -> None:
+        skipped.append(name)
+        log(f"note: {name}: skipped, {reason}")
+
     faces = [(_png_key(k), cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[:2] != (size, size) else im)
-             for k, im in read_images(data, limit)]
+             for k, im in read_images(data, limit, on_skip=skip)]
     if not faces:
-        raise ValueError(f"no readable images in {data}")
-    for kind in masks:
-        MaskSpec.parse(kind)  # an unknown kind fails before any work ("half" is masks.ALIASES' left half)
+        raise ValueError(f"no readable images in {data}" + (f" ({len(skipped)} skipped)" if skipped else ""))
     tmp = tempfile.TemporaryDirectory(prefix="gcomp-eval-") if work_dir is None else None
     root = Path(tmp.name if tmp else work_dir)
     results, pictures = [], {}
@@ -147,7 +184,8 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
         for kind in masks:
             spec = MaskSpec.parse(kind)
             kopts = replace(opts, mask=kind)
-            res = KindResult(kind, n=len(faces), search=model.options(kopts).search.as_dict(), blend=kopts.blend)
+            res = KindResult(kind, n=len(faces), search=model.options(kopts).search.as_dict(), blend=kopts.blend,
+                             skipped=len(skipped))
             src, dst = root / kind / "input", root / kind / "output"
             t0 = time.perf_counter()
             inputs = {}
@@ -161,11 +199,11 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
             outs = {key: images.read(dst / key).rgb for key, _ in faces}
             res.seconds = time.perf_counter() - t0
             res.images_per_s = len(faces) / res.seconds
-            per = {m: [] for m in ("gcomp", "telea", "ns")}
+            per = {m: [] for m in METHODS}
             for key, truth in faces:
                 noisy, known = inputs[key]
                 fills = {"gcomp": outs[key], "telea": opencv_inpaint(noisy, known, "telea"),
-                         "ns": opencv_inpaint(noisy, known, "ns")}
+                         "ns": opencv_inpaint(noisy, known, "ns"), "harmonic": harmonic_fill(noisy, known)}
                 for m, img in fills.items():
                     per[m].append(metrics(img, truth, known))
                 if len(pictures.setdefault(kind, [])) < pictures_per_kind:
@@ -173,7 +211,8 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
             res.scores = {m: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for m, rows in per.items()}
             log(f"{kind}: gcomp {res.scores['gcomp']['psnr']:.2f} dB / SSIM {res.scores['gcomp']['ssim']:.3f}, "
                 f"Telea {res.scores['telea']['psnr']:.2f} / {res.scores['telea']['ssim']:.3f}, "
-                f"NS {res.scores['ns']['psnr']:.2f} / {res.scores['ns']['ssim']:.3f} "
+                f"NS {res.scores['ns']['psnr']:.2f} / {res.scores['ns']['ssim']:.3f}, "
+                f"harmonic {res.scores['harmonic']['psnr']:.2f} / {res.scores['harmonic']['ssim']:.3f} "
                 f"({res.n} images, {res.images_per_s:.1f} images/s)")
             results.append(res)
     finally:

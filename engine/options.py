@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
-from .blend import BLENDS
+from .blend import parse_blend
 from .faces import FACE_MODES
 from .search import SearchParams
 
@@ -28,8 +28,7 @@ class CompleteOptions:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.restarts < 1:
             raise ValueError(f"--restarts must be >= 1, got {self.restarts}")
-        if self.blend not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        parse_blend(self.blend)  # ValueError naming what it takes
         if self.face not in FACE_MODES:
             raise ValueError(f"face must be one of {FACE_MODES}, got {self.face!r}")
         k, n = self.shard

@@ -53,9 +53,28 @@ def test_bad_model_and_mask_are_one_line_errors(tiny_ckpt, faces, tmp_path):
     bad.write_bytes(b"PK\x03\x04 truncated")
     for args, needle in [(["--model", str(bad)], "not a readable checkpoint"),
                          (["--model", str(tiny_ckpt), "--mask", "blob"], "neither a kind"),
-                         (["--model", str(tmp_path / "none.pt")], "model not found")]:
+                         (["--model", str(tmp_path / "none.pt")], "model not found"),
+                         # the bundled model is an export: say so and name the backends that run it
+                         (["--backend", "torch"], "is an ONNX export, not a training checkpoint"),
+                         (["--backend", "torch"], "onnxruntime or openvino")]:
         r = runner.invoke(app, ["complete", str(faces[0]), str(tmp_path / "o"), *args])
         assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_an_empty_shard_says_so_rather_than_no_images(tiny_ckpt, faces, tmp_path):
+    from gcomp.engine.jobs import in_shard
+
+    src = tmp_path / "one"
+    src.mkdir()
+    faces[0].rename(src / faces[0].name)
+    empty = next(k for k in range(2) if not in_shard(faces[0].name, (k, 2)))
+    r = runner.invoke(app, ["complete", str(src), str(tmp_path / "o"), "--model", str(tiny_ckpt), "--shard",
+                            f"{empty}/2", "--iters", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert f"note: shard {empty}/2 holds none of the 1 image under {src}" in r.stderr and "no images" not in r.stderr
+    r = runner.invoke(app, ["complete", str(tmp_path / "o"), str(tmp_path / "o3"), "--model", str(tiny_ckpt),
+                            "--iters", "1", "--no-progress"])  # a folder with no image at all (only a summary)
+    assert r.exit_code == 0 and f"note: no images under {tmp_path / 'o'} (.png" in r.stderr, r.output
 
 
 def test_formats_sizes_and_modes_are_kept(tiny_ckpt, tmp_path):
@@ -140,6 +159,36 @@ def test_poisson_blend_of_the_image_itself_is_the_identity():
         known = make_mask(kind, 40, rng=rng)
         out = blend(rgb, rgb.copy(), known, "poisson")
         assert np.abs(out.astype(int) - rgb).max() <= 3, kind
+
+
+def test_poisson_weight_mixes_the_blend_with_the_harmonic_fill():
+    """poisson:A solves the system with A x G's gradients: by linearity A x poisson + (1 - A) x the harmonic
+    fill (within the rounding of each to uint8); A = 0 ignores G; `auto` is the measured A. Both solvers
+    (exact sparse, and seamlessClone above EXACT_MAX hole pixels) obey it."""
+    import gcomp.engine.blend as B
+
+    rng = np.random.default_rng(1)
+    rgb = cv2.GaussianBlur(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (9, 9), 4)
+    g = cv2.GaussianBlur(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (5, 5), 2)
+    known = make_mask("center", 40)
+    for exact_max in (B.EXACT_MAX, 10):  # 10: force the seamlessClone path
+        old, B.EXACT_MAX = B.EXACT_MAX, exact_max
+        try:
+            full, half, zero = (B.blend(rgb, g, known, h).astype(float) for h in ("poisson", "poisson:0.5", "poisson:0"))
+            other = B.blend(rgb, 255 - g, known, "poisson:0").astype(float)
+            assert B.blend(rgb, g, known, "auto").tolist() == B.blend(rgb, g, known, B.AUTO).tolist()
+        finally:
+            B.EXACT_MAX = old
+        hole = known == 0
+        assert np.abs(half - (0.5 * full + 0.5 * zero))[hole].max() <= 1.5, exact_max
+        assert np.abs(other - zero)[hole].max() <= 1, exact_max  # weight 0: G does not matter
+        assert np.abs(full - zero)[hole].max() > 20  # while weight 1 follows G
+    assert B.parse_blend("auto") == ("poisson", 0.5) and B.parse_blend("poisson") == ("poisson", 1.0)
+    for bad in ("poisson:2", "poisson:-0.1", "poisson:x", "poisson:nan", "none:0.5", "seamless"):
+        with pytest.raises(ValueError, match="blend"):
+            B.parse_blend(bad)
+    with pytest.raises(ValueError, match=r"poisson:A takes a weight A in \[0, 1\], got 'poisson:2'"):
+        CompleteOptions(blend="poisson:2")
 
 
 def test_face_crop_on_a_real_photo(tiny_ckpt, tmp_path):

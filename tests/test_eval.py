@@ -76,7 +76,7 @@ def test_outputs_never_depend_on_the_holes_content(backend, tiny_ckpt):
             black, noise = truth.copy(), truth.copy()
             black[hole] = 0
             noise[hole] = rng.integers(0, 256, (int(hole.sum()), 3), dtype=np.uint8)
-            for blend in ("none", "poisson", "auto"):
+            for blend in ("none", "poisson", "poisson:0.3", "auto"):
                 outs = [images.encode(cv2.cvtColor(m.complete(x, hole, iters=3, blend=blend), cv2.COLOR_RGB2BGR), ".png")
                         for x in (truth, black, noise)]
                 assert outs[0] == outs[1] == outs[2], (backend, kind, blend)
@@ -149,8 +149,56 @@ def test_eval_cli_on_a_tar(tiny_ckpt, tmp_path):
     rep = json.loads(out.read_text())
     assert [x["mask"] for x in rep["results"]] == ["center", "half"]
     for x in rep["results"]:
-        assert x["n"] == 4 and set(x["scores"]) == {"gcomp", "telea", "ns"}
+        assert x["n"] == 4 and set(x["scores"]) == {"gcomp", "telea", "ns", "harmonic"}
         assert 0 < x["scores"]["telea"]["psnr"] < 100 and -1 <= x["scores"]["gcomp"]["ssim"] <= 1
     g = cv2.imread(str(grid))
     assert g is not None and g.shape[1] > 10 * 32
     assert "cv2.inpaint Telea" in r.stdout and "Context Encoder" in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--limit", "0"], "error: --limit must be >= 1, got 0"),
+    (["--limit", "-2"], "error: --limit must be >= 1, got -2"),
+    (["--mask", ","], "error: --mask: give at least one mask kind"),
+    (["MISSING"], "error: data path does not exist: "),
+])
+def test_eval_refuses_bad_arguments_before_the_model_loads(args, needle, tmp_path, monkeypatch):
+    from synth import make_faces
+
+    from gcomp.cli.app import app
+
+    def load(*a, **k):
+        raise AssertionError("the model loaded before the arguments were checked")
+
+    monkeypatch.setattr("gcomp.engine.api.open_model", load)
+    make_faces(tmp_path / "f", n=2)
+    data = str(tmp_path / ("missing.tar" if args == ["MISSING"] else "f"))
+    r = CliRunner().invoke(app, ["eval", data, *(a for a in args if a != "MISSING")])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith(needle), r.stderr
+
+
+def test_eval_reports_each_unreadable_file_it_skips(tmp_path):
+    from synth import make_faces
+
+    from gcomp.cli.app import app
+
+    d = tmp_path / "f"
+    make_faces(d, n=2, size=64)
+    (d / "empty.png").write_bytes(b"")
+    (d / "text.png").write_text("not an image")
+    (d / "torn.png").write_bytes((d / "face_00.png").read_bytes()[:100])
+    r = CliRunner().invoke(app, ["eval", str(d), "--mask", "center", "--iters", "2", "--limit", "5"])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {d / 'empty.png'}: skipped, empty file",
+                     f"note: {d / 'text.png'}: skipped, not a readable image (corrupt or unsupported format)",
+                     f"note: {d / 'torn.png'}: skipped, not a readable image (corrupt or unsupported format)"]
+    assert "(2 images, 3 unreadable skipped, 2 iterations)" in " ".join(r.stdout.split())  # Rich wraps the title
+    tar = tmp_path / "t.tar"  # a tar's members are named by their names inside it
+    with tarfile.open(tar, "w") as t:
+        t.add(d / "empty.png", arcname="empty.png")
+        t.add(d / "face_01.png", arcname="face_01.png")
+    skipped = []
+    assert [k for k, _ in read_images(tar, on_skip=lambda *a: skipped.append(a))] == ["face_01.png"]
+    assert skipped == [("empty.png", "empty file")]
