@@ -20,7 +20,7 @@ from .backends import Backend
 from .batch import complete_batch, progress_writer
 from .images import ImageError
 from .jobs import (Interrupted, Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo,
-                   nothing_to_do, single_image_job, start_writing)
+                   nothing_to_do, resume_note, single_image_job, start_writing)
 from .masks import MaskError
 from .options import CompleteOptions
 from .prepare import Prepared, prepare
@@ -53,6 +53,9 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     todo, summary.skipped = list_todo(src, dst, opts)
     if not todo and not summary.skipped:
         log(f"note: {nothing_to_do(src, opts.shard)}")
+    note = resume_note(summary, out_dir, len(todo), single_image_job(src, dst))
+    if note:
+        log(note)
 
     def fail(item: Item, err: Exception) -> None:
         log(f"error: {error_text(item.key, str(item.path), err)}")

@@ -41,6 +41,9 @@ class Summary:
     settings: dict = field(default_factory=dict)
     summary_path: str = ""
     ray: dict = field(default_factory=dict)  # the Ray driver's cluster settings and per-worker counts
+    # the settings of skipped outputs an earlier run made with other settings (resume_note), so the summary
+    # describes every output in the folder
+    earlier_settings: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -49,8 +52,9 @@ class Summary:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["n_failed"] = len(self.failed)
-        if not d["ray"]:
-            del d["ray"]
+        for key in ("ray", "earlier_settings"):
+            if not d[key]:
+                del d[key]
         return d
 
 
@@ -227,6 +231,48 @@ def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, sp
     }
 
 
+#: the summary's settings that decide what an output holds: an earlier run that differs in one of them
+#: left outputs the resume rule keeps as they are
+OUTPUT_SETTINGS = ("model", "mask", "search", "blend", "seed", "restarts", "face", "init", "encoder")
+
+
+def summary_name(shard: tuple[int, int]) -> str:
+    k, n = shard
+    return SUMMARY_NAME if n == 1 else f"gcomp-summary.shard-{k}-of-{n}.json"
+
+
+def resume_note(summary: Summary, out_dir: Path, todo: int, single: bool) -> str | None:
+    """The line to print when the resume rule skips outputs: they are kept as they were made, so say so when
+    they were made with other settings (read from the earlier run's summary, whose settings this summary then
+    keeps as earlier_settings), or when nothing is left to do."""
+    if not summary.skipped:
+        return None
+    if single:
+        return "warning: the output exists: kept as it is (--overwrite replaces it)" if not todo else None
+    settings = summary.settings
+    try:
+        old = json.loads((out_dir / summary_name(tuple(settings.get("shard", (0, 1))))).read_text())
+        before = old.get("earlier_settings") or old["settings"]  # the oldest outputs' settings
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        before = None
+    if before:
+        changed = [k for k in OUTPUT_SETTINGS if k in before and before[k] != settings.get(k)]
+        if changed:
+            summary.earlier_settings = before
+            what = "; ".join(f"{k}: {_brief(before[k])} -> {_brief(settings.get(k))}" for k in changed)
+            return (f"warning: {summary.skipped} outputs in {out_dir} come from an earlier run with other settings "
+                    f"({what}): kept as they are; --overwrite redoes them, or write to another OUTPUT")
+    if not todo:
+        return f"note: all {summary.skipped} outputs exist in {out_dir}: nothing to do (--overwrite redoes them)"
+    return None
+
+
+def _brief(v) -> str:
+    if isinstance(v, dict):  # the search settings: name only what differs is the caller's job; keep it short
+        return ",".join(f"{k}={v[k]}" for k in ("iters", "lr", "lam", "optimizer") if k in v)
+    return str(v)
+
+
 def single_image_job(src: Path, dst: Path) -> bool:
     """`gcomp complete photo.jpg done.jpg`: one image in, one image path out."""
     return src.is_file() and images.is_image_name(dst)
@@ -240,8 +286,6 @@ def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: f
     summary.images_per_s = summary.done / summary.seconds if summary.seconds > 0 else 0.0
     if not write:
         return summary
-    k, n = opts.shard
-    name = SUMMARY_NAME if n == 1 else f"gcomp-summary.shard-{k}-of-{n}.json"
-    summary.summary_path = str(out_dir / name)
+    summary.summary_path = str(out_dir / summary_name(opts.shard))
     images.write_atomic(summary.summary_path, json.dumps(summary.as_dict(), indent=2).encode())
     return summary

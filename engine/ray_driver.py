@@ -36,6 +36,7 @@ import pickle
 import socket
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -47,8 +48,8 @@ from .api import default_model, open_model
 from .backends import BackendError, backend_for
 from .batch import progress_writer
 from .images import ImageError, OutputError
-from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, single_image_job,
-                   start_writing)
+from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, resume_note,
+                   single_image_job, start_writing)
 from .masks import MaskError, MaskSpec
 from .options import CompleteOptions
 from .prepare import Prepared, prepare
@@ -273,6 +274,9 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             summary = Summary(skipped=skipped, settings=job_settings(
                 src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"]))
             summary.ray = ray_info
+            note = resume_note(summary, out_dir, len(todo), single_image_job(src, dst))
+            if note:
+                log(note)
 
             bs = opts.batch_size
             rows = [{"chunk": c, "items": json.dumps([[str(it.path), it.key, str(it.out)] for it in todo[i:i + bs]])}
@@ -281,14 +285,18 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # a block per batch
             ds = ds.map(_decode, fn_kwargs=dict(spec=spec, size=info["size"], seed=opts.seed,
                                                 weighted=opts.search.weighted, face=opts.face))
-            ds = ds.map_batches(
-                _Completer, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-                fn_constructor_kwargs=dict(model=str(model), backend=backend, device=actor_device,
-                                           backend_options=bopts, opts=opts, tag=tag, progress_dir=progress_dir),
-                # no actor restarts: Ray Data keeps the actors' constructor arguments in the object store, from
-                # where a restart cannot be relied on (ray-project/ray#53727; with restarts Ray logs an error
-                # line saying so on every run). A lost actor fails the job; a rerun skips finished images.
-                max_restarts=0, **resources)
+            with warnings.catch_warnings():
+                # max_restarts has no named parameter in map_batches: Ray 2.60 warns about any extra remote
+                # argument (a RayDeprecationWarning on stderr in every run); the argument still applies.
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+                ds = ds.map_batches(
+                    _Completer, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                    fn_constructor_kwargs=dict(model=str(model), backend=backend, device=actor_device,
+                                               backend_options=bopts, opts=opts, tag=tag, progress_dir=progress_dir),
+                    # no actor restarts: Ray Data keeps the actors' constructor arguments in the object store, from
+                    # where a restart cannot be relied on (ray-project/ray#53727; with restarts Ray logs an error
+                    # line saying so on every run). A lost actor fails the job; a rerun skips finished images.
+                    max_restarts=0, **resources)
 
             order = {it.key: i for i, it in enumerate(todo)}
             per_worker: dict[str, int] = {}

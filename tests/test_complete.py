@@ -253,3 +253,28 @@ def test_face_auto_leaves_aligned_faces_alone(tiny_ckpt, tmp_path):
     for f in sorted(src.iterdir()):
         a, b = _read(f), _read(tmp_path / "out" / f.name)
         assert np.array_equal(a[known], b[known]) and not np.array_equal(a[~known], b[~known]), f.name
+
+
+def test_rerun_with_other_settings_warns_and_the_summary_keeps_the_outputs_settings(exported, faces, tmp_path):
+    """The resume rule keeps existing outputs; when they were made with other settings (another mask here) the
+    rerun says so in one warning line naming what changed, and its summary keeps the settings the kept outputs
+    were made with (earlier_settings), so the folder's summary still describes its files."""
+    out = tmp_path / "out"
+    args = ["complete", str(faces[0].parent), str(out), "--model", str(exported), "--iters", "1", "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    before = {f.name: f.read_bytes() for f in out.glob("*.png")}
+    r = runner.invoke(app, args + ["--mask", "left"])
+    assert r.exit_code == 0, r.output
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and f"{len(faces)} outputs" in warn[0] and "mask: center" in warn[0] and "--overwrite" in warn[0]
+    assert {f.name: f.read_bytes() for f in out.glob("*.png")} == before  # kept as they were
+    s = json.loads((out / "gcomp-summary.json").read_text())
+    assert s["skipped"] == len(faces) and s["earlier_settings"]["mask"].startswith("center")
+    assert s["settings"]["mask"].startswith("left")
+    again = runner.invoke(app, args)  # the outputs' own settings again: nothing to warn about
+    assert again.exit_code == 0 and "warning:" not in again.stderr
+    assert f"note: all {len(faces)} outputs exist" in again.stderr
+    single = runner.invoke(app, ["complete", str(faces[0]), str(out / faces[0].name), "--model", str(exported),
+                                 "--no-progress"])
+    assert single.exit_code == 0 and "warning: the output exists: kept as it is" in single.stderr
