@@ -25,9 +25,9 @@ class CompleteOptions:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
         if self.restarts < 1:
-            raise ValueError(f"--restarts must be >= 1, got {self.restarts}")
+            raise ValueError(f"restarts (--restarts) must be >= 1, got {self.restarts}")
         parse_blend(self.blend)  # ValueError naming what it takes
         if self.face not in FACE_MODES:
             raise ValueError(f"face must be one of {FACE_MODES}, got {self.face!r}")

@@ -48,16 +48,16 @@ class SearchParams:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.iters is not None and self.iters < 0:
-            raise ValueError(f"--iters must be >= 0, got {self.iters}")
+            raise ValueError(f"iters (--iters) must be >= 0, got {self.iters}")
         # Checked here so a bad value fails before any work, not as NaN fills (math.isfinite also refuses nan).
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+            raise ValueError(f"lr (--lr) must be a positive number, got {self.lr}")
         if self.momentum is not None and not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+            raise ValueError(f"momentum (--momentum) must be in [0, 1), got {self.momentum}")
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"--lam must be >= 0, got {self.lam}")
+            raise ValueError(f"lam (--lam) must be >= 0, got {self.lam}")
         if self.patience is not None and self.patience < 0:
-            raise ValueError(f"--early-stop must be >= 0 (0: never), got {self.patience}")
+            raise ValueError(f"patience (--early-stop) must be >= 0 (0: never), got {self.patience}")
 
     @classmethod
     def seed(cls) -> "SearchParams":
