@@ -18,8 +18,8 @@ seamlessClone on a destination whose hole was first filled from known pixels onl
 leak-free but pins a hole touching the border.
 
 `poisson:A` scales G's gradients by A in [0, 1]. The system is linear, so that is A x (the Poisson blend) +
-(1 - A) x (the harmonic fill: zero gradients, the smoothest surface through the hole's known border), a
-shrinkage of G's noisy detail toward the smooth fill. `poisson` = `poisson:1` (Perez et al.'s), `poisson:0`
+(1 - A) x (the harmonic fill: zero gradients, the smoothest surface through the hole's known border), up
+to rounding and clipping to 0..255: a shrinkage of G's noisy detail toward the smooth fill. `poisson` = `poisson:1` (Perez et al.'s), `poisson:0`
 ignores G altogether (the harmonic baseline `gcomp eval` reports). With the bundled model A = 0.5 scored
 best over the four mask kinds on val.tar (benchmarks/results/quality.md), so `auto` is `poisson:0.5`.
 """
@@ -43,18 +43,24 @@ def parse_blend(how: str) -> tuple[str, float]:
     """'auto' | 'none' | 'poisson' | 'poisson:A' -> (kind, the weight A of G's gradients)."""
     if how == "auto":
         how = AUTO
-    kind, _, weight = str(how).partition(":")
-    if kind == "none" and not weight:
+    kind, colon, weight = str(how).partition(":")
+    if kind == "none" and not colon:
         return "none", 1.0
     if kind == "poisson":
         try:
-            a = float(weight) if weight else 1.0
+            a = 1.0 if not colon else float(weight or "nan")  # "poisson:" names no weight
         except ValueError:
             a = math.nan
         if math.isfinite(a) and 0 <= a <= 1:
             return "poisson", a
         raise ValueError(f"blend poisson:A takes a weight A in [0, 1], got {how!r}")
     raise ValueError(f"blend must be one of {', '.join(BLENDS)} or poisson:A (A in [0, 1]), got {how!r}")
+
+
+def blend_name(how: str) -> str:
+    """The blend `how` stands for, spelled one way (`auto` -> `poisson:0.5`): what summaries record."""
+    kind, weight = parse_blend(how)
+    return kind if kind == "none" else f"{kind}:{weight:g}"
 
 
 def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: str) -> np.ndarray:
@@ -68,12 +74,12 @@ def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: str) -> np.
     if n == 0 or n == hole.size:
         return fill  # nothing to blend into, or no context to blend with
     if n > EXACT_MAX:
-        out = _seamless_clone(rgb, fill, hole)
-        if weight == 1:
-            return out
         # linearity: A x (G's Poisson blend) + (1 - A) x (the blend of a flat source, the harmonic fill)
-        flat = _seamless_clone(rgb, np.full_like(fill, 128), hole)
-        mix = weight * out.astype(np.float64) + (1 - weight) * flat.astype(np.float64)
+        parts = [(w, _seamless_clone(rgb, src, hole)) for w, src in ((weight, fill), (1 - weight, np.full_like(fill, 128)))
+                 if w > 0]
+        if len(parts) == 1:
+            return parts[0][1]
+        mix = sum(w * out.astype(np.float64) for w, out in parts)
         return np.clip(np.rint(mix), 0, 255).astype(np.uint8)
     return _poisson(rgb, fill, hole, weight)
 

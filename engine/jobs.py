@@ -16,6 +16,7 @@ from typing import Iterator
 from .. import __version__
 from . import images
 from .images import TMP_PREFIX, ImageError, OutputError
+from .blend import blend_name
 from .masks import MaskSpec
 from .options import CompleteOptions
 
@@ -43,7 +44,7 @@ class Summary:
     ray: dict = field(default_factory=dict)  # the Ray driver's cluster settings and per-worker counts
     # the settings of skipped outputs an earlier run made with other settings (resume_note), so the summary
     # describes every output in the folder
-    earlier_settings: dict = field(default_factory=dict)
+    earlier_settings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -222,18 +223,26 @@ def start_writing(out_dir: Path, opts: CompleteOptions) -> str:
 
 def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, spec: MaskSpec,
                  opts: CompleteOptions, encoder: str | None, backend_settings: dict | None = None) -> dict:
-    """The job's settings as the summary records them (the same for every driver)."""
+    """The job's settings as the summary records them (the same for every driver): paths resolved and the blend
+    resolved (`auto` names the measured default of this version), so a later run can compare them."""
     return {
-        "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": str(model),
-        "backend": backend_name, "device": device, "backend_settings": backend_settings or {}, "mask": spec.describe(),
-        **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask")},
-        "search": opts.search.as_dict(), "encoder": encoder,
+        "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": _resolved(model),
+        "backend": backend_name, "device": device, "backend_settings": backend_settings or {},
+        "mask": _resolved(spec.path) if spec.path is not None else spec.describe(),
+        **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask", "blend")},
+        "blend": blend_name(opts.blend), "blend_asked": opts.blend,
+        "search": opts.search.as_dict(), "encoder": _resolved(encoder) if encoder else None,
     }
 
 
+def _resolved(path) -> str:
+    p = Path(str(path))
+    return str(p.resolve()) if p.exists() else str(path)
+
+
 #: the summary's settings that decide what an output holds: an earlier run that differs in one of them
-#: left outputs the resume rule keeps as they are
-OUTPUT_SETTINGS = ("model", "mask", "search", "blend", "seed", "restarts", "face", "init", "encoder")
+#: left outputs the resume rule keeps as they are (init is covered by `encoder`: its path, or None)
+OUTPUT_SETTINGS = ("model", "mask", "search", "blend", "seed", "restarts", "face", "encoder")
 
 
 def summary_name(shard: tuple[int, int]) -> str:
@@ -241,35 +250,71 @@ def summary_name(shard: tuple[int, int]) -> str:
     return SUMMARY_NAME if n == 1 else f"gcomp-summary.shard-{k}-of-{n}.json"
 
 
+def _fingerprint(st: dict) -> dict:
+    """What in a summary's settings shapes the outputs, in one canonical form: paths resolved, the blend
+    resolved (`auto` before 0.2.0 meant `poisson`), the search's settings only if it ran."""
+    fp = {k: st.get(k) for k in OUTPUT_SETTINGS}
+    for k in ("model", "encoder", "mask"):  # recorded resolved; best effort for a summary that did not
+        if isinstance(fp[k], str) and ("/" in fp[k] or os.sep in fp[k]):
+            fp[k] = str(Path(fp[k]).resolve())
+    blend = fp["blend"]
+    if blend == "auto" and str(st.get("gcomp_version", "0")).startswith("0.1."):
+        blend = "poisson"
+    try:
+        fp["blend"] = blend_name(blend)
+    except (ValueError, TypeError):
+        pass
+    search = fp["search"] or {}
+    if isinstance(search, dict) and search.get("iters") == 0:
+        fp["search"] = {"iters": 0}  # no step ran: lr, lam, ... did not touch the outputs
+    return fp
+
+
+def _earlier_runs(out_dir: Path) -> list[dict]:
+    """The settings of every run recorded in out_dir's summaries (any shard), with what they kept from before."""
+    runs = []
+    for f in sorted(out_dir.glob("gcomp-summary*.json")):
+        try:
+            d = json.loads(f.read_text())
+            # a run that wrote nothing (all skipped) describes no file: only what it kept from before counts
+            runs += ([d["settings"]] if d.get("done") else []) + list(d.get("earlier_settings") or [])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours, or unreadable: nothing to compare with
+    return [r for r in runs if isinstance(r, dict)]
+
+
 def resume_note(summary: Summary, out_dir: Path, todo: int, single: bool) -> str | None:
     """The line to print when the resume rule skips outputs: they are kept as they were made, so say so when
-    they were made with other settings (read from the earlier run's summary, whose settings this summary then
-    keeps as earlier_settings), or when nothing is left to do."""
-    if not summary.skipped:
+    an earlier run recorded in out_dir made outputs with other settings (whose settings this summary then keeps
+    as earlier_settings), or when nothing is left to do."""
+    n = summary.skipped
+    if not n:
         return None
+    outputs = f"{n} output{'s' if n != 1 else ''}"
     if single:
-        return "warning: the output exists: kept as it is (--overwrite replaces it)" if not todo else None
-    settings = summary.settings
-    try:
-        old = json.loads((out_dir / summary_name(tuple(settings.get("shard", (0, 1))))).read_text())
-        before = old.get("earlier_settings") or old["settings"]  # the oldest outputs' settings
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        before = None
-    if before:
-        changed = [k for k in OUTPUT_SETTINGS if k in before and before[k] != settings.get(k)]
-        if changed:
-            summary.earlier_settings = before
-            what = "; ".join(f"{k}: {_brief(before[k])} -> {_brief(settings.get(k))}" for k in changed)
-            return (f"warning: {summary.skipped} outputs in {out_dir} come from an earlier run with other settings "
-                    f"({what}): kept as they are; --overwrite redoes them, or write to another OUTPUT")
+        return None if todo else "note: the output exists: kept as it is (--overwrite replaces it)"
+    now = _fingerprint(summary.settings)
+    other, seen = [], []
+    for st in _earlier_runs(out_dir):
+        fp = _fingerprint(st)
+        if fp != now and fp not in seen:
+            seen.append(fp)
+            other.append(st)
+    if other:
+        summary.earlier_settings = other
+        changed = [k for k in OUTPUT_SETTINGS if seen[0][k] != now[k]]
+        what = "; ".join(f"{k}: {_brief(seen[0][k])} -> {_brief(now[k])}" for k in changed)
+        more = f" and {len(other) - 1} other setting{'s' if len(other) > 2 else ''}" if len(other) > 1 else ""
+        return (f"warning: {out_dir} holds outputs of earlier runs with other settings ({what}{more}): the {outputs} "
+                "already there are kept as they are; --overwrite redoes them, or write to another OUTPUT")
     if not todo:
-        return f"note: all {summary.skipped} outputs exist in {out_dir}: nothing to do (--overwrite redoes them)"
+        return f"note: all {outputs} exist in {out_dir}: nothing to do (--overwrite redoes them)"
     return None
 
 
 def _brief(v) -> str:
-    if isinstance(v, dict):  # the search settings: name only what differs is the caller's job; keep it short
-        return ",".join(f"{k}={v[k]}" for k in ("iters", "lr", "lam", "optimizer") if k in v)
+    if isinstance(v, dict):  # the search settings: the ones that shape a result
+        return ",".join(f"{k}={v[k]}" for k in ("iters", "lr", "lam", "optimizer", "weighted") if k in v)
     return str(v)
 
 

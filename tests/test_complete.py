@@ -184,7 +184,7 @@ def test_poisson_weight_mixes_the_blend_with_the_harmonic_fill():
         assert np.abs(other - zero)[hole].max() <= 1, exact_max  # weight 0: G does not matter
         assert np.abs(full - zero)[hole].max() > 20  # while weight 1 follows G
     assert B.parse_blend("auto") == ("poisson", 0.5) and B.parse_blend("poisson") == ("poisson", 1.0)
-    for bad in ("poisson:2", "poisson:-0.1", "poisson:x", "poisson:nan", "none:0.5", "seamless"):
+    for bad in ("poisson:2", "poisson:-0.1", "poisson:x", "poisson:nan", "poisson:", "none:0.5", "none:", "seamless"):
         with pytest.raises(ValueError, match="blend"):
             B.parse_blend(bad)
     with pytest.raises(ValueError, match=r"poisson:A takes a weight A in \[0, 1\], got 'poisson:2'"):
@@ -255,26 +255,41 @@ def test_face_auto_leaves_aligned_faces_alone(tiny_ckpt, tmp_path):
         assert np.array_equal(a[known], b[known]) and not np.array_equal(a[~known], b[~known]), f.name
 
 
-def test_rerun_with_other_settings_warns_and_the_summary_keeps_the_outputs_settings(exported, faces, tmp_path):
-    """The resume rule keeps existing outputs; when they were made with other settings (another mask here) the
-    rerun says so in one warning line naming what changed, and its summary keeps the settings the kept outputs
-    were made with (earlier_settings), so the folder's summary still describes its files."""
+def test_rerun_with_other_settings_warns_and_the_summary_keeps_the_outputs_settings(exported, faces, tmp_path,
+                                                                                     monkeypatch):
+    """The resume rule keeps existing outputs; when an earlier run recorded in OUTPUT (any shard) made them with
+    other settings, the rerun says so in one warning line naming what changed, and its summary keeps those
+    settings (earlier_settings), so the folder's summaries still describe its files. Spellings of the same
+    settings (a relative or absolute model path, `auto` or the blend it means) are not changes."""
+    monkeypatch.chdir(exported.parent)
     out = tmp_path / "out"
-    args = ["complete", str(faces[0].parent), str(out), "--model", str(exported), "--iters", "1", "--no-progress"]
-    first = runner.invoke(app, args)
-    assert first.exit_code == 0, first.output
+    base = ["complete", str(faces[0].parent), str(out), "--iters", "1", "--no-progress"]
+    rel = base + ["--model", exported.name]
+
+    def run(*extra, args=None):
+        r = runner.invoke(app, (args or base + ["--model", str(exported)]) + list(extra))
+        assert r.exit_code == 0, r.output
+        return r.stderr, [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+
+    run()
     before = {f.name: f.read_bytes() for f in out.glob("*.png")}
-    r = runner.invoke(app, args + ["--mask", "left"])
-    assert r.exit_code == 0, r.output
-    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
-    assert len(warn) == 1 and f"{len(faces)} outputs" in warn[0] and "mask: center" in warn[0] and "--overwrite" in warn[0]
+    _, warn = run("--mask", "left")
+    assert len(warn) == 1 and "mask: center -> left" in warn[0] and f"the {len(faces)} outputs" in warn[0], warn
     assert {f.name: f.read_bytes() for f in out.glob("*.png")} == before  # kept as they were
     s = json.loads((out / "gcomp-summary.json").read_text())
-    assert s["skipped"] == len(faces) and s["earlier_settings"]["mask"].startswith("center")
-    assert s["settings"]["mask"].startswith("left")
-    again = runner.invoke(app, args)  # the outputs' own settings again: nothing to warn about
-    assert again.exit_code == 0 and "warning:" not in again.stderr
-    assert f"note: all {len(faces)} outputs exist" in again.stderr
+    assert s["skipped"] == len(faces) and [e["mask"] for e in s["earlier_settings"]] == ["center"]
+    assert s["settings"]["mask"] == "left" and s["settings"]["blend"] == "poisson:0.5"
+    err, warn = run("--blend", "poisson:0.5", args=rel)  # the outputs' settings, spelled otherwise
+    assert warn == [] and f"note: all {len(faces)} outputs exist" in err
+    assert "earlier_settings" not in json.loads((out / "gcomp-summary.json").read_text())
+    # another shard's summary counts too: a shard run with other settings, then the whole folder
+    from gcomp.engine.jobs import in_shard
+
+    (faces[0].parent / "extra.png").write_bytes(faces[0].read_bytes())
+    k = 0 if in_shard("extra.png", (0, 2)) else 1
+    run("--shard", f"{k}/2", "--seed", "5")  # writes extra.png with seed 5, records it in its shard's summary
+    err, warn = run()
+    assert warn and "seed: 5 -> 0" in warn[0], err  # the shard's one output was made with seed 5
     single = runner.invoke(app, ["complete", str(faces[0]), str(out / faces[0].name), "--model", str(exported),
                                  "--no-progress"])
-    assert single.exit_code == 0 and "warning: the output exists: kept as it is" in single.stderr
+    assert single.exit_code == 0 and "note: the output exists: kept as it is" in single.stderr

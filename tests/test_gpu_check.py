@@ -86,7 +86,7 @@ def test_dry_run_writes_every_section(dry_report):
     from gcomp.engine.backends.torch_backend import parse_kernels
 
     kinds = {(r["kernels"], bool(r.get("lever"))) for r in torch_rows if r["precision"] == "bf16" and r["cuda_graph"]}
-    assert kinds == {("portable", False), ("tuned", False), ("nhwc", True), ("pad8", True), ("masks", True)}
+    assert kinds == {("portable", False), ("tuned", False), ("nhwc", True), ("nhwc,masks", True), ("pad8", True)}
     assert {r["kernels"] for r in torch_rows if not (r["precision"] == "bf16" and r["cuda_graph"])} == {"portable"}
     for r in torch_rows:
         if r["status"] == "ok":

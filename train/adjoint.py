@@ -22,7 +22,9 @@ same math out for cuDNN, each choice exact up to the order of float sums, each a
   (implicit_convolve_sgemm, ~2 ms of the ~18 ms step at batch 2048). Zero channels with zero weights add
   exact zeros.
 * masks: each ReLU / leaky-ReLU backward as one aten kernel (threshold_backward / leaky_relu_backward) instead
-  of compare, cast, clamp and multiply (elementwise kernels were 20% of the step).
+  of compare, cast, clamp and multiply (elementwise kernels were 20% of the step). Exact in fp32 (0 at a
+  pre-activation of 0, as before); in bf16 the leaky slope multiplies in fp32 where the portable op uses
+  bf16(0.2) = 0.2002, so ~1 element in 8 differs by 1 ulp.
 
 Precision: the network (folded weights, convs, masks, backward) runs in `dtype` (float32, float16 or
 bfloat16); the graph's inputs and outputs, the contextual term |w * (x - y)| with its sign, the loss, the

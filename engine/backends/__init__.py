@@ -100,6 +100,9 @@ def check_device(device: str) -> None:
         raise BackendError(f"--device {device!r}: unknown device (choose cpu, cuda or cuda:N)")
 
 
+API_ONLY = ("kernels", "fast")  # backend options `gcomp complete` has no flag for
+
+
 def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", **options) -> Backend:
     """An inactive backend for `model`; use it as a context manager or call activate().
 
@@ -129,7 +132,9 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
     wrong = [k for k in options if k not in cls.options]
     if wrong:
         chose = f" (--backend auto chose {why})" if why else ""
-        raise BackendError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to the {name} backend{chose}")
+        # options with a CLI flag are named as flags, the Python-only ones (kernels, fast) as keywords
+        named = ", ".join(f"{k}=" if k in API_ONLY else "--" + k.replace("_", "-") for k in wrong)
+        raise BackendError(f"{named} does not apply to the {name} backend{chose}")
     be = cls(model, device=device, **options)
     if warning:
         be.notes.append(warning)

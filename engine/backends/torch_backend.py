@@ -56,7 +56,8 @@ class TorchBackend(Backend):
         (bf16 compute exists only there), so fp32 on CPU stays the oracle. cuda_graph: on CUDA, replay one
         captured step instead of launching each kernel (ignored on CPU). kernels: the fast path's layout
         ('portable', the default: step.onnx's ops; 'tuned' = nhwc,pad8,masks; or a comma list of nhwc, pad8,
-        masks, compile), the same values up to the order of float sums; see train/adjoint.py."""
+        masks, compile), the same values up to the order of float sums (and, in bf16, 1-ulp differences
+        of the leaky slope); see train/adjoint.py."""
         super().__init__()
         if precision not in PRECISIONS:
             raise BackendError(f"the torch backend's precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
