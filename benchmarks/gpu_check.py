@@ -789,6 +789,28 @@ def phase_profile(cfg: dict) -> dict:
     return {"profile": profiles[0] if profiles else None, "profiles": profiles}
 
 
+def _dev_time(e) -> float:
+    """An event's own device time in microseconds, on whichever attribute this torch version has."""
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        v = getattr(e, attr, None)
+        if v:
+            return float(v)
+    return 0.0
+
+
+def kernel_times(events, on_cuda: bool, device_type=None) -> tuple[list[tuple[str, float, int]], str]:
+    """[(name, microseconds, calls)] of the profiled work and what the time is: on CUDA each GPU kernel's own
+    time (events of device type CUDA, else any event with device time of its own), on CPU each aten op's own
+    CPU time. The one branch the CPU dry run cannot reach on its own: tests/test_gpu_check.py feeds it events."""
+    if on_cuda:
+        gpu = [e for e in events if device_type is not None and getattr(e, "device_type", None) == device_type.CUDA]
+        if not gpu:  # older/newer profilers
+            gpu = [e for e in events if _dev_time(e) > 0]
+        return [(e.key, _dev_time(e), e.count) for e in gpu], "GPU kernel time"
+    return ([(e.key, float(e.self_cpu_time_total), e.count) for e in events
+             if e.key.startswith("aten::") and e.self_cpu_time_total > 0], "CPU self time of aten ops (dry run on CPU)")
+
+
 def profile_one(cfg: dict, kernels: str) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -825,24 +847,7 @@ def profile_one(cfg: dict, kernels: str) -> dict:
             res["profiled_wall_ms_per_step"] = (time.perf_counter() - t0) * 1e3 / n
     events = prof.key_averages()
 
-    def dev_time(e) -> float:  # microseconds, on whichever attribute this torch version has
-        for attr in ("self_device_time_total", "self_cuda_time_total"):
-            v = getattr(e, attr, None)
-            if v:
-                return float(v)
-        return 0.0
-
-    if on_cuda:
-        cuda = getattr(torch.autograd, "DeviceType", None)
-        gpu_events = [e for e in events if cuda is not None and getattr(e, "device_type", None) == cuda.CUDA]
-        if not gpu_events:  # older/newer profilers: every event with device time of its own
-            gpu_events = [e for e in events if dev_time(e) > 0]
-        timed = [(e.key, dev_time(e), e.count) for e in gpu_events]
-        res["time_basis"] = "GPU kernel time"
-    else:
-        timed = [(e.key, float(e.self_cpu_time_total), e.count) for e in events
-                 if e.key.startswith("aten::") and e.self_cpu_time_total > 0]
-        res["time_basis"] = "CPU self time of aten ops (dry run on CPU)"
+    timed, res["time_basis"] = kernel_times(events, on_cuda, getattr(torch.autograd, "DeviceType", None))
     timed = [t for t in timed if t[1] > 0]
     total_us = sum(t[1] for t in timed) or 1.0
     timed.sort(key=lambda t: -t[1])

@@ -168,3 +168,26 @@ def test_ort_wheel_parts_are_joined(tmp_path):
     info = gc.install_ort_wheels(str(parts), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
     assert (tmp_path / "wheels" / "x-1.0-py3-none-any.whl").read_bytes() == b"hello world"
     assert info["wheels"] == ["x-1.0-py3-none-any.whl"] and "--no-index" in calls[0] and not info["installed"]
+
+
+def test_kernel_times_reads_gpu_events_as_a_cuda_profile_gives_them():
+    """The CUDA branch of the profile, fed events shaped like torch.profiler's on a GPU: kernels by their own
+    device time (either attribute name), CPU-side ops left out; then as a profiler without device types."""
+    from types import SimpleNamespace as E
+
+    from gcomp.benchmarks.gpu_check import kernel_times
+
+    class DT:
+        CUDA, CPU = "cuda", "cpu"
+
+    events = [E(key="aten::conv2d", device_type=DT.CPU, self_cpu_time_total=50.0, self_device_time_total=0.0, count=2),
+              E(key="sm90_xmma_fprop", device_type=DT.CUDA, self_cpu_time_total=0.0, self_device_time_total=300.0,
+                count=2),
+              E(key="nchwToNhwcKernel", device_type=DT.CUDA, self_cpu_time_total=0.0, self_cuda_time_total=120.0,
+                count=4)]
+    timed, basis = kernel_times(events, on_cuda=True, device_type=DT)
+    assert basis == "GPU kernel time"
+    assert timed == [("sm90_xmma_fprop", 300.0, 2), ("nchwToNhwcKernel", 120.0, 4)]
+    assert kernel_times(events, True, None)[0] == timed  # no device types: any event with device time
+    cpu, basis = kernel_times(events, on_cuda=False)
+    assert cpu == [("aten::conv2d", 50.0, 2)] and "CPU" in basis
