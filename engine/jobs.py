@@ -266,7 +266,7 @@ def _fingerprint(st: dict) -> dict:
         pass
     search = fp["search"] or {}
     if isinstance(search, dict) and search.get("iters") == 0:
-        fp["search"] = {"iters": 0}  # no step ran: lr, lam, ... did not touch the outputs
+        fp["search"] = {"iters": search["iters"]}  # no step ran: lr, lam, ... did not touch the outputs
     return fp
 
 
