@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,31 @@ JPEG_QUALITY = 95
 
 # A corrupt input gets gcomp's one `error: <file>: <reason>` line; OpenCV's own decoders would print
 # `[ WARN:...]` / `[ERROR:...]` lines before it (a truncated PNG, a bad TIFF directory), so OpenCV's
-# logging is switched off once, here, where images are decoded. It is process-wide; a user who sets
-# OPENCV_LOG_LEVEL (e.g. DEBUG, to see what OpenCV says) keeps their level.
-if "OPENCV_LOG_LEVEL" not in os.environ and hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+# logging is off while gcomp decodes, and only then: the level is process-wide, and a program using gcomp
+# keeps its own cv2 messages. Decodes run on several threads: the first to enter silences, the last to
+# leave restores. A user who sets OPENCV_LOG_LEVEL (e.g. DEBUG, to see what OpenCV says) keeps their level.
+_LOG = getattr(getattr(cv2, "utils", None), "logging", None)
+_quiet_lock = threading.Lock()
+_quiet = {"depth": 0, "saved": None}
+
+
+@contextmanager
+def opencv_quiet():
+    if _LOG is None or "OPENCV_LOG_LEVEL" in os.environ:
+        yield
+        return
+    with _quiet_lock:
+        if _quiet["depth"] == 0:
+            _quiet["saved"] = _LOG.getLogLevel()
+            _LOG.setLogLevel(_LOG.LOG_LEVEL_SILENT)
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                _LOG.setLogLevel(_quiet["saved"])
 
 
 class ImageError(ValueError):
@@ -53,7 +76,8 @@ def decode(data: bytes | np.ndarray, name: str = "image") -> Image:
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if buf.size == 0:
         raise ImageError(f"{name}: empty file")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    with opencv_quiet():
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
     return Image(original=img, rgb=to_rgb8(img))

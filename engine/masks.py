@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import images
+
 KINDS = ("center", "random", "left", "right", "top", "bottom", "grid", "lowres", "pattern", "full")
 ALIASES = {"half": "left"}  # the paper's "half" mask is the left half
 DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern": 0.25}
@@ -112,7 +114,8 @@ def read_mask_file(path: str | Path, key: str | None = None) -> np.ndarray:
     """A mask image (any format OpenCV reads), white = fill. Returns 1 = known. `key`: the image it is for,
     which the error then starts with, as every per-image error does."""
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    with images.opencv_quiet():
+        img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if img is None:
         raise MaskError(f"{key}: mask {path} is not a readable image" if key else
                         f"{path}: mask is not a readable image")

@@ -106,6 +106,20 @@ def test_a_truncated_png_gives_no_opencv_log_line(tmp_path):
     assert ours.returncode == 0, ours.stderr
     assert "not a readable image" in ours.stdout
     assert ours.stderr == ""
+    # only while gcomp decodes: the program's own cv2 calls still log, at the level it had
+    after = run_python(f"""
+        import cv2, numpy as np
+        from gcomp.engine import images
+        level = cv2.utils.logging.getLogLevel()
+        try:
+            images.read({str(bad)!r})
+        except images.ImageError:
+            pass
+        assert cv2.utils.logging.getLogLevel() == level
+        assert cv2.imdecode(np.fromfile({str(bad)!r}, np.uint8), cv2.IMREAD_UNCHANGED) is None
+    """)
+    assert after.returncode == 0, after.stderr
+    assert after.stderr.count("PNG input buffer is incomplete") == 1, after.stderr
 
 
 def test_the_cli_prints_one_line_for_a_corrupt_image(tmp_path):
