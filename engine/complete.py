@@ -110,6 +110,8 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
                 fut.cancel()
         pool.shutdown(wait=True)
         done = next(written)
+        summary.done, summary.interrupted = done, True  # what the folder holds now; a rerun does the rest
+        finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
         raise Interrupted(done, len(todo) - done) from None
     finally:
         pool.shutdown(wait=True)

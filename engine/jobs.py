@@ -45,6 +45,7 @@ class Summary:
     # the settings of skipped outputs an earlier run made with other settings (resume_note), so the summary
     # describes every output in the folder
     earlier_settings: list = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C: `done` counts the outputs written before it
 
     @property
     def ok(self) -> bool:
@@ -53,7 +54,7 @@ class Summary:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["n_failed"] = len(self.failed)
-        for key in ("ray", "earlier_settings"):
+        for key in ("ray", "earlier_settings", "interrupted"):
             if not d[key]:
                 del d[key]
         return d

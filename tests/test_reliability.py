@@ -104,6 +104,8 @@ def test_ctrl_c_says_how_far_it_got_and_a_rerun_resumes(tiny_ckpt, tmp_path):
     assert done == len(written) >= 1 and left == n - done > 0, (stderr, written)
     assert all(cv2.imread(str(p)) is not None for p in written)  # whole files, no temporary one left
     assert not [p for p in out.iterdir() if p.name.startswith(".gcomp-")]
+    summary = json.loads((out / "gcomp-summary.json").read_text())  # what the folder holds, said so
+    assert summary["interrupted"] is True and summary["done"] == done
     r = runner.invoke(app, [*args, "--iters", "1"])  # the same job (fewer iterations, to be quick) resumes
     assert r.exit_code == 0 and f"done {left}, skipped {done}, failed 0" in r.stdout, r.output
 
