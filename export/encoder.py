@@ -81,6 +81,12 @@ def export_encoder(encoder_pt: str | os.PathLike, out_dir: str | os.PathLike, pr
     img = torch.zeros(2, mcfg.channels, mcfg.size, mcfg.size)
     m = torch.ones(2, 1, mcfg.size, mcfg.size)
     path = Path(out_dir) / ENCODER_FILE
+    step = Path(out_dir) / STEP_FILE
+    wid = _generator_weights_id(state)
+    theirs = read_metadata(step, require=False).get(WEIGHTS_KEY) if step.is_file() else None
+    if wid is not None and theirs is not None and theirs != wid:  # before the encoder beside them is replaced
+        raise ValueError(f"{out_dir}: its graphs come from another checkpoint (weights id {theirs}; this encoder was "
+                         f"trained for {wid}): the runtime would refuse the pair")
     path.parent.mkdir(parents=True, exist_ok=True)
     import warnings
 
@@ -93,7 +99,6 @@ def export_encoder(encoder_pt: str | os.PathLike, out_dir: str | os.PathLike, pr
                           opset_version=OPSET, dynamo=False)
     if precision != "fp32":
         _store_weights(path, precision)
-    step = Path(out_dir) / STEP_FILE
     defaults = read_metadata(step, require=False).get("defaults", RECOMMENDED) if step.is_file() else RECOMMENDED
     meta = {"gcomp_version": __version__, "gcomp_kind": "encoder", "size": mcfg.size,
             "channels": mcfg.channels, "zdim": mcfg.zdim, "precision": precision, "compute_precision": "fp32",
@@ -105,7 +110,6 @@ def export_encoder(encoder_pt: str | os.PathLike, out_dir: str | os.PathLike, pr
                            f"{state['step']} training steps",
             "license": DEFAULT_LICENSE,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    wid = _generator_weights_id(state)
     if wid is not None:
         meta[WEIGHTS_KEY] = wid
     write_metadata(path, meta)

@@ -177,3 +177,16 @@ def test_export_of_another_checkpoint_or_none_is_refused(with_encoder, tmp_path)
     r = runner.invoke(app, [*train, str(tmp_path / "nowhere")])
     _refused(r, f"--out {tmp_path / 'nowhere'} does not exist")
     assert not (tmp_path / "nowhere").exists()
+    # the Python export refuses the same pairing, before it writes anything
+    import shutil
+
+    from gcomp.export.encoder import export_encoder
+    from gcomp.export.metadata import write_metadata
+
+    alien = tmp_path / "alien"
+    shutil.copytree(out, alien)
+    write_metadata(alien / "step.onnx", {"weights_id": "0123456789abcdef"})
+    before = _files(alien)
+    with pytest.raises(ValueError, match="weights id 0123456789abcdef; this encoder was trained for"):
+        export_encoder(out / "encoder.pt", alien)
+    assert _files(alien) == before
