@@ -233,6 +233,10 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     # refuses the export when it says "ok": false): remove it first, so that without validation (or if this export
     # stops half-way) the new graphs count as unvalidated, like a fresh export's; validation writes a new one.
     (out / VALIDATION_FILE).unlink(missing_ok=True)
+    # So are an earlier export's TensorRT engines, built from the old graphs (and carrying no weights id the
+    # runtime could check): removed too; trt=True builds new ones.
+    for name in ("generator.engine", "step.engine"):
+        (out / name).unlink(missing_ok=True)
     files: list[dict[str, Any]] = []
 
     def _record(name: str, path: Path, t0: float) -> None:

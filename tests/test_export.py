@@ -301,7 +301,7 @@ def test_cli_validation_failure_exits_1(ckpt, tmp_path, monkeypatch):
     assert "FAIL" in r.output
 
 
-def test_no_validate_over_an_earlier_export_leaves_no_stale_validation(fp32, ckpt, tmp_path):
+def test_a_reexport_leaves_no_stale_validation_or_engines(fp32, ckpt, tmp_path):
     """validation.json describes the graphs it was written with: a re-export with --no-validate into the same folder
     removes it, so the runtime treats the new graphs as unvalidated (as a fresh export's), neither trusting an old
     "ok": true nor refusing them for an old "ok": false."""
@@ -314,9 +314,12 @@ def test_no_validate_over_an_earlier_export_leaves_no_stale_validation(fp32, ckp
     out.mkdir()
     stale = json.loads((fp32 / "validation.json").read_text())  # an earlier export's report, about other graphs
     (out / "validation.json").write_text(json.dumps({**stale, "ok": False}))
+    for name in ("generator.engine", "step.engine"):  # an earlier export's TensorRT engines: stale as well
+        (out / name).write_bytes(b"an engine built from other graphs")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--out", str(out), "--no-validate"])
     assert r.exit_code == 0, r.output
     assert not (out / "validation.json").exists()
+    assert not (out / "generator.engine").exists() and not (out / "step.engine").exists()
     with gcomp.open_model(out) as model:  # not refused on another export's verdict
         assert not [n for n in model.notes if "validation" in n]
 
