@@ -162,6 +162,7 @@ def build_config(a: argparse.Namespace) -> dict:
         "profile_batch": a.profile_batch,
         "e2e_images": pick(a.e2e_images, 3000, 20),
         "e2e_batches": csv_ints(pick(a.e2e_batches, "64,1024", "8")),
+        "e2e_io_threads": csv_ints(pick(a.e2e_io_threads, "4,16", "4")),
         "e2e_iters": pick(a.e2e_iters, a.default_iters, 3),
         "e2e_precision": a.e2e_precision,
         "e2e_extra": a.e2e_extra,
@@ -945,13 +946,15 @@ def phase_e2e(cfg: dict) -> dict:
     if importlib.util.find_spec("scipy") is None:  # the default blend's sparse solve needs scipy
         blend = ["--blend", "none"]
         res["note"] = "scipy is not installed on this machine: e2e ran with --blend none"
-    for batch in cfg["e2e_batches"]:
-        dst = work / f"e2e-out-b{batch}"
+    # decode/encode threads too: on the H200 batch 1024 ran slower end to end than 64 (178 vs 260 images/s)
+    # with the default 4 threads on a 16-core host, while its search alone is ~10x faster than that
+    for batch, threads in [(b, t) for b in cfg["e2e_batches"] for t in cfg["e2e_io_threads"]]:
+        dst = work / f"e2e-out-b{batch}-t{threads}"
         cmd = [sys.executable, "-m", "gcomp", "complete", str(src), str(dst), "--model", str(ckpt),
                "--device", cfg["device"], "--backend", "torch", "--precision", cfg["e2e_precision"],
-               "--iters", str(cfg["e2e_iters"]), "--batch-size", str(batch), "--no-progress", *blend,
-               *shlex.split(cfg.get("e2e_extra") or "")]
-        run = {"batch": batch, "command": " ".join(["gcomp"] + cmd[3:]).replace(str(work), "$WORK"),
+               "--iters", str(cfg["e2e_iters"]), "--batch-size", str(batch), "--io-threads", str(threads),
+               "--no-progress", *blend, *shlex.split(cfg.get("e2e_extra") or "")]
+        run = {"batch": batch, "io_threads": threads, "command": " ".join(["gcomp"] + cmd[3:]).replace(str(work), "$WORK"),
                "iters": cfg["e2e_iters"], "precision": cfg["e2e_precision"]}
         left = cfg["phase_deadline"] - time.time()
         if left < 10:
@@ -977,7 +980,8 @@ def phase_e2e(cfg: dict) -> dict:
             run["status"] = "failed"
             run["error"] = tail(r["output"], 8)
         res["runs"].append(run)
-        print(f"e2e batch {batch}: {run['status']}, {run.get('images_per_s') or 0:.1f} images/s", flush=True)
+        print(f"e2e batch {batch}, {threads} I/O threads: {run['status']}, {run.get('images_per_s') or 0:.1f} images/s",
+              flush=True)
     (out / "e2e.log").write_text("\n".join(logs))
     res["log"] = "e2e.log"
     return {"e2e": res}
@@ -1124,10 +1128,11 @@ def markdown(rep: dict) -> str:
               f"(generated in {e['generate_s']} s); "
               f"images/s = images / the job's seconds (listing, decode, search, composite, write; from "
               f"gcomp-summary.json); wall = the whole command including Python start and model load.", "",
-              "| batch | iterations | status | done | failed | images/s | search s | job s | wall s | images/s (wall) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| batch | I/O threads | iterations | status | done | failed | images/s | search s | job s | wall s | "
+              "images/s (wall) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in e["runs"]:
-            L.append(f"| {r['batch']} | {r['iters']} | {r.get('status')} | {_f(r.get('done'), '{}')} | "
+            L.append(f"| {r['batch']} | {r.get('io_threads', 4)} | {r['iters']} | {r.get('status')} | {_f(r.get('done'), '{}')} | "
                      f"{_f(r.get('failed'), '{}')} | {_f(r.get('images_per_s'), '{:.1f}')} | "
                      f"{_f(r.get('search_seconds'), '{:.1f}')} | {_f(r.get('seconds'), '{:.1f}')} | "
                      f"{_f(r.get('wall_s'), '{:.1f}')} | {_f(r.get('images_per_s_wall'), '{:.1f}')} |")
@@ -1177,6 +1182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-steps", type=int, default=None, help="profiled steps (5)")
     ap.add_argument("--e2e-images", type=int, default=None, help="synthetic faces for gcomp complete (3000)")
     ap.add_argument("--e2e-batches", default=None, help="gcomp complete --batch-size values (64,1024)")
+    ap.add_argument("--e2e-io-threads", default=None, help="gcomp complete --io-threads values (4,16)")
     ap.add_argument("--e2e-iters", type=int, default=None, help="gcomp complete --iters (the default model's 100)")
     ap.add_argument("--e2e-precision", default="bf16", help="gcomp complete --precision (bf16)")
     ap.add_argument("--e2e-extra", default="", help="more gcomp complete options, one string")

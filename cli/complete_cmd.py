@@ -67,6 +67,8 @@ def complete(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ray: Optional[str] = typer.Option(None, "--ray", show_default="off", help="Run on Ray Data: auto (the cluster this machine is in, else a "
                                       "local instance) or an address (host:6379, ray://host:10001). Needs pip install 'gcomp[ray]'."),
+    io_threads: Optional[int] = typer.Option(None, "--io-threads", show_default="4", help="Threads decoding inputs and "
+                                             "writing outputs beside the search (more on a many-core GPU host)."),
     workers: int = typer.Option(2, "--workers", help="--ray: completion actors, each with its own backend session."),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", show_default="1 on cuda, else 0", help="--ray: GPUs per actor "
                                                     "(default 1 with --device cuda, else 0; 0.5 puts two on a GPU)."),
@@ -84,6 +86,7 @@ def complete(
             mask=mask, batch_size=batch_size, restarts=restarts, seed=seed, overwrite=overwrite,
             **({"blend": blend} if blend is not None else {}),
             save_progress=save_progress, face=face, init=init, shard=_shard(shard) if shard else (0, 1),
+            **({"workers": io_threads} if io_threads is not None else {}),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted,
                                 patience=early_stop),
         )

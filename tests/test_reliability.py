@@ -225,6 +225,7 @@ def test_every_option_is_checked_before_any_work(tmp_path):
         (["--lam", "-3"], ["--lam", ">= 0"]),
         (["--early-stop", "-4"], ["--early-stop", ">= 0"]),
         (["--restarts", "0"], ["--restarts", ">= 1"]),
+        (["--io-threads", "0"], ["--io-threads", ">= 1"]),
         (["--mask", "center:x"], ["center:x", "number"]),
         (["--mask", "full"], ["full", "nothing to fill"]),
         (["--mask", "random:0"], ["random:0", "nothing to fill"]),
