@@ -162,7 +162,8 @@ def test_torch_options_are_checked(tiny_ckpt):
         open_backend(tiny_ckpt, kernels="nchw")
     with pytest.raises(BackendError, match="autograd reference"):
         TorchBackend(tiny_ckpt, kernels="tuned", fast=False)
-    with open_backend(tiny_ckpt, precision="bf16", cuda_graph=False) as bf:  # cuda_graph: ignored on CPU
+    with open_backend(tiny_ckpt, precision="bf16", cuda_graph=False) as bf:  # cuda_graph: ignored on CPU, said so
+        assert "--cuda-graph applies on CUDA only: no effect on cpu" in bf.notes
         with pytest.raises(BackendError, match="adam"):
             bf.search(z0, y, w, SearchParams(iters=2, optimizer="adam"))
     # Adam is not on the fast path: fp32 falls back to the reference loop

@@ -140,6 +140,8 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
         be.notes.append(warning)
     if why and name == "openvino":  # the one choice a user might not expect
         be.notes.append(f"--backend auto: {why}")
+    if options.get("cuda_graph") is not None and not device.startswith("cuda"):  # taken, but does nothing here
+        be.notes.append(f"--cuda-graph applies on CUDA only: no effect on {device}")
     return be
 
 
