@@ -29,8 +29,8 @@ def _interrupted():
 
 
 def complete(
-    input: Path = typer.Argument(..., help="An image, or a folder (searched recursively)."),
-    output: Path = typer.Argument(..., help="Output folder (mirrors the input tree), or an image path for one input image."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="An image, or a folder (searched recursively)."),
+    output: Path = typer.Argument(..., metavar="OUTPUT", help="Output folder (mirrors the input tree), or an image path for one input image."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled model", help="A checkpoint (.pt or run folder) or an export folder "
                                          "(default: the bundled 64x64 face model, ONNX Runtime on CPU)."),
     mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "

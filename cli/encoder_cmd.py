@@ -10,8 +10,8 @@ from .errors import fail
 
 
 def train_encoder(
-    checkpoint: Path = typer.Argument(..., help="The generator's checkpoint (.pt or run folder)."),
-    data: List[Path] = typer.Argument(..., help="Image folders and/or tar shards (the generator's training data)."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="The generator's checkpoint (.pt or run folder)."),
+    data: List[Path] = typer.Argument(..., metavar="DATA", help="Image folders and/or tar shards (the generator's training data)."),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder: encoder.onnx is written beside step.onnx."),
     steps: int = typer.Option(1000, "--steps", help="Training steps."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step."),

@@ -11,7 +11,7 @@ from .errors import fail
 
 
 def evaluate(
-    data: Path = typer.Argument(..., help="A folder or a tar of images (e.g. ../shared/data/celeba64/val.tar)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="A folder or a tar of images (e.g. ../shared/data/celeba64/val.tar)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint or an export folder (default: the bundled model)."),
     mask: str = typer.Option("center,random,half,pattern", "--mask", help="Comma-separated mask kinds (half = left)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Default: the model's recommended, else the seed's."),

@@ -16,7 +16,7 @@ PRECISION_HELP = ("fp32 | fp16 (weights and network compute in fp16) | bf16 (wei
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run folder with checkpoint.pt."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder with checkpoint.pt."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: export-<precision> beside the checkpoint)."),
     precision: str = typer.Option("fp32", "--precision", "-p", help=PRECISION_HELP),
     batch: str = typer.Option("dynamic", "--batch", "-b", help="'dynamic' (a 'batch' axis) or a fixed batch size N."),

@@ -17,7 +17,7 @@ INSTALL_HINT = ("training needs PyTorch: pip install 'gcomp[train]' "
 
 
 def train(
-    data: List[Path] = typer.Argument(..., help="Image folders (searched recursively) and/or plain tar files of images.",
+    data: List[Path] = typer.Argument(..., metavar="DATA", help="Image folders (searched recursively) and/or plain tar files of images.",
                                       show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, config.json, log.jsonl, samples/."),
     size: int = typer.Option(64, help="Image size: 32, 64 or 128."),
