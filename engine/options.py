@@ -1,6 +1,9 @@
 """A completion job's settings besides the model: the mask, the search, restarts, blending, seeding."""
 from __future__ import annotations
 
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field, fields, replace
 
 from .blend import parse_blend
@@ -46,5 +49,26 @@ class CompleteOptions:
         unknown = set(own) - {f.name for f in fields(CompleteOptions)}
         if unknown:
             raise TypeError(f"unknown setting(s) {sorted(unknown)}")
+        hints = {**typing.get_type_hints(CompleteOptions), **typing.get_type_hints(SearchParams)}
+        for key, value in settings.items():
+            _check_type(key, value, hints[key])
         base = own.pop("search", self.search)
         return replace(self, **own, search=replace(base, **search))
+
+
+def _check_type(key: str, value, hint) -> None:
+    """A setting of the wrong type, refused in words: the dataclasses' range checks would otherwise fail on it
+    with Python's (lr="abc": "must be real number, not str")."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in kinds:
+        return
+    if int in kinds and float not in kinds:
+        ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+    elif float in kinds:
+        ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    elif str in kinds:
+        ok, want = isinstance(value, str), "a string"
+    else:
+        return  # flags, the search object, shard tuples: taken as given
+    if not ok:
+        raise ValueError(f"setting {key} must be {want}, got {value!r}")
