@@ -19,6 +19,7 @@ def train_encoder(
     seed: int = typer.Option(0, "--seed", help="Seeds the init, the data order and the masks."),
     precision: str = typer.Option("fp32", "--precision", help="Weight storage: fp32, fp16 or bf16 (half the file); computed in fp32."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu or cuda."),
+    train_precision: str = typer.Option("auto", "--train-precision", help="Training compute, as gcomp train's --precision: auto (bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere), fp32 or bf16."),
 ):
     """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
     from ..export.encoder import PRECISIONS
@@ -34,7 +35,8 @@ def train_encoder(
         raise fail("training needs PyTorch: pip install 'gcomp[train]'") from None
     try:  # train_encoder checks the other options and the export folder before it trains or writes
         pt = run(EncoderConfig(model=str(checkpoint), data=tuple(str(d) for d in data), out=str(out), steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed, device=device), log=lambda m: typer.echo(m, err=True))
+                               batch_size=batch_size, lr=lr, seed=seed, device=device,
+                               precision=train_precision), log=lambda m: typer.echo(m, err=True))
         path = export_encoder(pt, pt.parent, precision)
     except (CheckpointError, DataError, ValueError) as e:
         raise fail(str(e)) from None

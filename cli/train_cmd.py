@@ -33,9 +33,11 @@ def train(
     lr: float = typer.Option(2e-4, help="Adam learning rate (both networks)."),
     beta1: float = typer.Option(0.5, help="Adam beta1."),
     sample_every: int = typer.Option(200, "--sample-every", help="Write samples/step_NNNNNN.png (8x8 grid of G(fixed z), BatchNorm in eval mode) every N steps."),
-    save_every: int = typer.Option(500, "--save-every", help="Write checkpoint.pt every N steps (and at the end)."),
+    save_every: int = typer.Option(500, "--save-every", help="Write checkpoint.pt (and a snapshot) every N steps and at the end."),
     workers: int = typer.Option(2, help="DataLoader worker processes per training process."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast on CUDA (no GradScaler needed); ignored on CPU."),
+    precision: str = typer.Option("auto", help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512_BF16/AMX; with channels_last there), fp32 elsewhere; fp32 or bf16 forces it."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="--no-amp is --precision fp32 (kept for older scripts)."),
+    snapshots: bool = typer.Option(True, "--snapshots/--no-snapshots", help="Also keep OUT/snapshots/step_NNNNNN.pt (weights only) at every save, to choose one with gcomp eval."),
     progress: bool = typer.Option(True, "--progress/--quiet", help="A Rich bar (step, d_loss, g_loss, images/s) on a terminal, a status line every --sample-every steps otherwise."),
 ):
     """Train a DCGAN (the seed's recipe: Adam 2e-4/0.5, G updated twice per D step). Multi-GPU: torchrun."""
@@ -58,7 +60,8 @@ def train(
     cfg = TrainConfig(data=[str(p) for p in data], out=str(out), size=size, zdim=zdim, gf=gf, df=df,
                       batch_size=batch_size, steps=steps, epochs=epochs, lr=lr, beta1=beta1, seed=seed,
                       device=device, sample_every=sample_every, save_every=save_every, resume=resume,
-                      workers=workers, amp=amp, progress=progress)
+                      workers=workers, precision=precision, amp=amp, snapshots=snapshots,
+                      progress=progress)
     try:
         path = run(cfg)
     except (TrainError, DataError, CheckpointError) as e:

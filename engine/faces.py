@@ -51,11 +51,16 @@ def _cascade() -> "cv2.CascadeClassifier":
 def find_face(rgb: np.ndarray, min_size: int = 24) -> tuple[int, int, int] | None:
     """The square crop (x, y, side) around the largest face, kept inside the image; None if no face."""
     h, w = rgb.shape[:2]
+    if min(h, w) < min_size:  # no face of min_size fits (and a 5000x3 strip would shrink to zero pixels below)
+        return None
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     scale = 1.0
     if max(h, w) > 1600:  # detection cost grows with pixels; faces stay findable at this size
         scale = 1600 / max(h, w)
-        gray = cv2.resize(gray, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)
+        small = (max(1, int(w * scale)), max(1, int(h * scale)))
+        if min(small) < min_size:
+            return None
+        gray = cv2.resize(gray, small, interpolation=cv2.INTER_AREA)
     faces = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
     if len(faces) == 0:
         return None

@@ -99,7 +99,8 @@ def list_todo(src: Path, dst: Path, opts: CompleteOptions) -> tuple[list[Item], 
         if not in_shard(key, opts.shard):
             continue
         out = output_path(src, dst, key)
-        if out.exists() and not opts.overwrite:
+        # outputs are written atomically, so an empty file there is not one of ours (a crashed copy, a `touch`): redo it
+        if out.exists() and not opts.overwrite and not (out.is_file() and out.stat().st_size == 0):
             skipped += 1
             continue
         todo.append(Item(path, key, out))

@@ -95,8 +95,10 @@ def test_misuse_is_one_clear_error_naming_what_is_wrong():
 # -- the same bytes every way ------------------------------------------------------------------------
 OPTS = dict(mask="random:0.6", seed=3, restarts=2, blend="poisson", batch_size=2)
 ITERS = 20
+# Byte comparisons pin the backend: on a CPU with native bf16, auto picks OpenVINO bf16, whose bytes differ.
+BACKEND = "onnxruntime"
 ARGS = ["--mask", "random:0.6", "--seed", "3", "--restarts", "2", "--blend", "poisson", "-b", "2",
-        "--iters", str(ITERS), "--no-progress"]
+        "--iters", str(ITERS), "--no-progress", "--backend", BACKEND]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def _golden(exported, folder) -> dict[str, bytes]:
     from gcomp.engine.search import SearchParams
 
     out = {}
-    with open_backend(exported, "onnxruntime") as be:
+    with open_backend(exported, BACKEND) as be:
         opts = CompleteOptions(**OPTS, search=SearchParams(iters=ITERS).resolved(be.info.meta.get("defaults")))
         todo, _ = list_todo(folder, folder / "unused", opts)
         enc = load_encoder(exported, be.info, opts.init)
@@ -147,7 +149,7 @@ def test_same_bytes_from_batches_api_files_arrays_cli_and_eval(exported, folder,
     r = CliRunner().invoke(app, ["complete", str(folder), str(tmp_path / "cli"), "--model", str(exported), *ARGS])
     assert r.exit_code == 0, r.output
     assert _pngs(tmp_path / "cli") == golden
-    with gcomp.open_model(exported) as model:
+    with gcomp.open_model(exported, backend=BACKEND) as model:
         model.complete_files(folder, tmp_path / "api", iters=ITERS, **OPTS)
         assert _pngs(tmp_path / "api") == golden
         keys = sorted(golden)
@@ -172,7 +174,7 @@ def test_same_bytes_from_the_ray_driver(exported, folder, tmp_path):
     from gcomp.engine.ray_driver import complete_ray
 
     golden = _golden(exported, folder)
-    s = complete_ray(folder, tmp_path / "ray", exported, address="local", workers=1, progress=False,
+    s = complete_ray(folder, tmp_path / "ray", exported, address="local", workers=1, progress=False, backend=BACKEND,
                      log=lambda m: None,
                      options=gcomp.CompleteOptions(**OPTS, search=gcomp.SearchParams(iters=ITERS)))
     assert s.done == 5 and not s.failed

@@ -319,3 +319,26 @@ def test_full_output_leaves_no_partial_file(tiny_ckpt, tmp_path):
     finally:
         subprocess.run(["umount", str(full)], capture_output=True)
 
+
+
+def test_a_thin_strip_beside_faces_does_not_stop_the_job(tiny_ckpt, tmp_path):
+    """A 5000x3 image once raised cv2.error inside the face finder and aborted the whole job."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_faces(src, n=2)
+    cv2.imwrite(str(src / "strip.png"), np.full((3, 5000, 3), 120, np.uint8))
+    r = runner.invoke(app, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"])
+    assert "Traceback" not in r.output and r.exit_code in (0, 1), r.output
+    assert (out / "face_00.png").is_file() and (out / "face_01.png").is_file()
+    assert json.loads((out / "gcomp-summary.json").read_text())["done"] >= 2
+
+
+def test_an_empty_file_where_an_output_belongs_is_redone(tiny_ckpt, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_faces(src, n=2)
+    args = ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    good = (out / "face_01.png").read_bytes()
+    (out / "face_01.png").write_bytes(b"")  # outputs are atomic: an empty one is not ours
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (out / "face_01.png").read_bytes() == good

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..engine.masks import KINDS, make_mask
 from .checkpoint import load_models, weights_id
-from .loop import DEVICES, TrainError, resolve_device
+from .loop import DEVICES, PRECISIONS, TrainError, autocast_for, memory_format_for, resolve_device, resolve_precision
 from .model import BN_EPS, KERNEL, LRELU_SLOPE, PAD, STRIDE, ModelConfig, _widths, sample_z, weights_init
 
 TRAIN_KINDS = tuple(k for k in KINDS if k != "full")
@@ -78,6 +78,7 @@ class EncoderConfig:
     w_full: float = 0.5
     w_latent: float = 1.0
     device: str = "auto"  # auto: CUDA when there is one (on a CPU, an encoder step of a gf = 64 G takes ~1 s)
+    precision: str = "auto"  # training compute, as gcomp train decides it (bf16 autocast where native); not storage
 
     def validate(self) -> None:
         """Refuse bad options before the checkpoint loads or a file is written (gcomp train's messages)."""
@@ -90,6 +91,8 @@ class EncoderConfig:
             raise TrainError(f"--seed must be in [0, 2^64), got {self.seed}")
         if self.device not in DEVICES:
             raise TrainError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"--train-precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def export_folder(out: str | os.PathLike, wid: str) -> Path:
@@ -131,10 +134,13 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
     out = export_folder(cfg.out, wid)
     for p in G.parameters():
         p.requires_grad_(False)
-    G.to(dev)
+    precision = resolve_precision(cfg.precision, dev)
+    autocast, mem = autocast_for(dev, precision), memory_format_for(dev, precision)
+    G.to(dev, memory_format=mem)
     E = Encoder(mcfg)
     E.apply(weights_init)
-    E.to(dev)
+    E.to(dev, memory_format=mem)
+    log(f"training the encoder on {dev} {precision}{' channels_last' if mem == torch.channels_last else ''}")
     opt = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     data = ImageSource(list(cfg.data), mcfg.size)
@@ -144,15 +150,18 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
     logf = open(out / "encoder_log.jsonl", "w")
     t0 = time.perf_counter()
     for step, x in enumerate(loader, 1):
-        x = x.to(dev, non_blocking=True)
-        m = random_masks(len(x), mcfg.size, rng).to(dev)
-        xh = G(E(x, m))
+        x = x.to(dev, non_blocking=True).contiguous(memory_format=mem)
+        m = random_masks(len(x), mcfg.size, rng).to(dev).contiguous(memory_format=mem)
+        zs = sample_z(len(x), mcfg.zdim).to(dev)
+        m2 = random_masks(len(x), mcfg.size, rng).to(dev).contiguous(memory_format=mem)
+        with autocast():  # the losses themselves in fp32
+            xh = G(E(x, m)).float()
+            with torch.no_grad():
+                xs = G(zs)
+            ez = E(xs, m2).float()
         known = (m * (xh - x)).abs().mean()
         full = (xh - x).abs().mean()
-        zs = sample_z(len(x), mcfg.zdim).to(dev)
-        with torch.no_grad():
-            xs = G(zs)
-        latent = (E(xs, random_masks(len(x), mcfg.size, rng).to(dev)) - zs).pow(2).mean()
+        latent = (ez - zs).pow(2).mean()
         loss = known + cfg.w_full * full + cfg.w_latent * latent
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,7 +174,8 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
             log(f"encoder step {step}/{cfg.steps}: known {rec['known']:.4f} full {rec['full']:.4f} "
                 f"latent {rec['latent']:.4f} ({rec['seconds']:.0f} s)")
             torch.save({"config": asdict(cfg) | {"data": [str(d) for d in cfg.data]}, "model_config": asdict(mcfg),
-                        "config_hash": mcfg.hash(), "weights_id": wid, "E": {k: v.cpu() for k, v in E.state_dict().items()}, "step": step}, out / "encoder.pt.tmp")
+                        "config_hash": mcfg.hash(), "weights_id": wid, "precision": precision,
+                        "E": {k: v.cpu().contiguous() for k, v in E.state_dict().items()}, "step": step}, out / "encoder.pt.tmp")
             os.replace(out / "encoder.pt.tmp", out / "encoder.pt")
         if step >= cfg.steps:
             break

@@ -17,31 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import CPU_BF16_FLAGS, cpu_has_native_bf16  # noqa: F401 (re-exported)
 from .base import Backend, BackendError, split_batch
 from .exported import GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_OUTPUTS, export_info, model_files, onnx_metadata, step_feed
 
 PRECISIONS = ("auto", "fp32", "bf16")
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_native_bf16(flags_text: str | None = None) -> bool:
-    """True where the CPU computes bf16 natively (read from /proc/cpuinfo's flags).
-
-    GCOMP_CPU_BF16=1 or 0 overrides what this machine's CPU says (tests simulate both kinds of CPU)."""
-    forced = os.environ.get("GCOMP_CPU_BF16", "").strip().lower()
-    if flags_text is None and forced in ("0", "1", "true", "false", "yes", "no"):
-        return forced in ("1", "true", "yes")
-    if flags_text is None:
-        try:
-            flags_text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set()
-    for line in flags_text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return any(f in flags for f in CPU_BF16_FLAGS)
 
 
 def pick_precision(requested: str, native_bf16: bool | None = None) -> str:
