@@ -325,6 +325,14 @@ def single_image_job(src: Path, dst: Path) -> bool:
     return src.is_file() and images.is_image_name(dst)
 
 
+def _made_outputs(summary_file: str | Path) -> bool:
+    """The summary file there records a run that wrote outputs."""
+    try:
+        return bool(json.loads(Path(summary_file).read_text()).get("done"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: float,
                    write: bool = True) -> Summary:
     """Time it and write it atomically (one summary per shard). write=False (a single-image job whose
@@ -334,5 +342,9 @@ def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: f
     if not write:
         return summary
     summary.summary_path = str(out_dir / summary_name(opts.shard))
+    if not summary.done and not summary.failed and not summary.earlier_settings and _made_outputs(summary.summary_path):
+        # a rerun that did nothing, with the outputs' own settings, keeps the record of the run that made them (its
+        # figures, and its settings, which a later rerun's changed-settings warning compares against)
+        return summary
     images.write_atomic(summary.summary_path, json.dumps(summary.as_dict(), indent=2).encode())
     return summary

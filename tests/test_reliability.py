@@ -342,3 +342,18 @@ def test_an_empty_file_where_an_output_belongs_is_redone(tiny_ckpt, tmp_path):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert (out / "face_01.png").read_bytes() == good
+
+
+def test_a_rerun_with_nothing_to_do_keeps_the_summary_and_the_next_change_still_warns(tiny_ckpt, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_faces(src, n=3)
+    args = ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "gcomp-summary.json").read_bytes()
+    assert json.loads(first)["done"] == 3
+    r = runner.invoke(app, args)  # nothing to do
+    assert r.exit_code == 0 and "nothing to do" in r.stderr
+    assert (out / "gcomp-summary.json").read_bytes() == first  # not overwritten by done 0, images_per_s 0
+    (out / "face_02.png").unlink()
+    r = runner.invoke(app, [*args, "--mask", "left"])
+    assert r.exit_code == 0 and "warning:" in r.stderr and "mask" in r.stderr, r.stderr
