@@ -40,8 +40,33 @@ app.command("export")(export_cmd.export)
 app.command("train-encoder")(encoder_cmd.train_encoder)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script. Usage errors (`--iters abc`, an unknown option, a missing argument) come out in gcomp's
+    one-line form, `error: <what> (see gcomp CMD --help)`, exit 2, instead of Click's multi-line box."""
+    import sys
+
+    try:  # newer Typer vendors Click as typer._click (its exceptions are not click's); older ones use click
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
+    try:
+        rc = app(args=argv, prog_name="gcomp", standalone_mode=False)
+    except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `gcomp` or `gcomp CMD` alone: the help, as Click shows it
+            typer.echo(e.format_message(), err=True)
+            sys.exit(2)
+        ctx = e.ctx
+        where = ctx.command_path if ctx is not None else "gcomp"
+        typer.echo(f"error: {e.format_message().rstrip('.')} (see {where} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)  # a command's return value is not an exit status
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ KEYS = ("gcomp_version", "gcomp_kind", "size", "channels", "zdim", "precision", 
         "defaults", "config_hash", "model_config", "mask_convention")
 INT_KEYS = ("size", "channels", "zdim", "unroll", "opset")
 JSON_KEYS = ("defaults", "model_config")
-KINDS = ("generator", "step")
+KINDS = ("generator", "step", "encoder")  # every graph gcomp writes: read_metadata reads each
 MASK_CONVENTION = "w: 1 = known pixel, 0 = hole; mask files: white = fill"
 #: the seed's hyperparameters (bamos/dcgan-completion.tensorflow), from gcomp.engine.search (their one source)
 SEED_DEFAULTS = SearchParams.seed().recommended()

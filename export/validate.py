@@ -244,7 +244,7 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
     (out / "validation.json").write_text(json.dumps(report, indent=2))
     if raise_on_failure and not report["ok"]:
         bad = [r for r in rows if not r["ok"]]
-        lines = ", ".join(f"{r['name']}: relative error {r['max_rel']:.3g} > tolerance {r['tol']:.3g} "
+        lines = ", ".join(f"{r['name']}: relative error {r['max_rel']:.5g} > tolerance {r['tol']:.5g} "  # digits that decide (0.20008 > 0.2)
                           f"(max abs {r['max_abs']:.3g})" for r in bad)
         raise ValidationError(f"validation failed ({precision}): {lines}", report)
     return report

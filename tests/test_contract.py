@@ -93,3 +93,11 @@ def test_a_fresh_export_carries_the_weights_id_and_the_recommended_settings(tiny
     with pytest.raises(ValueError, match="unknown setting"):
         export_model(tiny_ckpt, tmp_path / "bad", recommend="speed=11")
     assert not (tmp_path / "bad").exists()
+
+
+def test_read_metadata_reads_every_graph_gcomp_writes_the_bundled_encoder_included():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "models" / "default"
+    kinds = {f: read_metadata(root / f)["gcomp_kind"] for f in ("generator.onnx", "step.onnx", "encoder.onnx")}
+    assert kinds == {"generator.onnx": "generator", "step.onnx": "step", "encoder.onnx": "encoder"}

@@ -357,3 +357,17 @@ def test_a_rerun_with_nothing_to_do_keeps_the_summary_and_the_next_change_still_
     (out / "face_02.png").unlink()
     r = runner.invoke(app, [*args, "--mask", "left"])
     assert r.exit_code == 0 and "warning:" in r.stderr and "mask" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["complete", "in", "out", "--iters", "abc"], "Invalid value for '--iters'"),
+    (["complete"], "Missing argument 'INPUT'"),
+    (["complete", "in", "out", "--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_are_one_gcomp_line(args, says):
+    """The console script's usage errors in gcomp's form, not Click's boxed multi-line `Error:`."""
+    r = subprocess.run([sys.executable, "-m", "gcomp", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+    assert lines[0].endswith(f"(see gcomp {args[0]} --help)")
