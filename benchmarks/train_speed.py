@@ -20,9 +20,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def step_seconds(precision: str, gf: int, steps: int, batch: int = 64) -> list[float]:
     import torch
-    import torch.nn.functional as F
 
-    from ..train.loop import autocast_for, memory_format_for
+    from ..train.loop import autocast_for, memory_format_for, train_step
     from ..train.model import ModelConfig, build, sample_z
 
     torch.manual_seed(0)
@@ -35,29 +34,10 @@ def step_seconds(precision: str, gf: int, steps: int, batch: int = 64) -> list[f
     opt_D = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
     real = (torch.rand(batch, 3, 64, 64) * 2 - 1).contiguous(memory_format=mem)
 
-    def bce(logits, target):
-        logits = logits.float()
-        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        z = sample_z(batch, 100)
-        with autocast():
-            with torch.no_grad():
-                fake = G(z)
-            d_loss = bce(D(real), 1.0) + bce(D(fake), 0.0)
-        opt_D.zero_grad()
-        d_loss.backward()
-        opt_D.step()
-        D.requires_grad_(False)
-        for _ in range(2):
-            with autocast():
-                g_loss = bce(D(G(z)), 1.0)
-            opt_G.zero_grad()
-            g_loss.backward()
-            opt_G.step()
-        D.requires_grad_(True)
+        train_step(G, D, D, opt_G, opt_D, real, sample_z(batch, 100), autocast)
         times.append(time.perf_counter() - t)
     return times[1:]
 

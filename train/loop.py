@@ -248,6 +248,37 @@ def _check_resume(state: dict, cfg: TrainConfig, mcfg: ModelConfig, world: int, 
              "but will not match an uninterrupted one")
 
 
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    logits = logits.float()  # in fp32 under autocast too
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def train_step(G, D, D_plain, opt_G, opt_D, real: torch.Tensor, z: torch.Tensor, autocast):
+    """The seed's step: one D update, then two G updates with the same z. G and D may be DDP-wrapped; D_plain
+    is D unwrapped. Returns (d_loss, g_loss, real_logit, fake_logit). benchmarks/train_speed.py times this."""
+    # D: real -> 1, fake -> 0 (separate forward passes, so BN sees real and fake batches apart, as in the seed)
+    with autocast():
+        with torch.no_grad():
+            fake = G(z)
+        real_logit, fake_logit = D(real), D(fake)
+        d_loss = bce(real_logit, 1.0) + bce(fake_logit, 0.0)
+    opt_D.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_D.step()
+
+    # G twice with the same z: D(G(z)) -> 1. D is called unwrapped and frozen, so only G's grads
+    # are computed (and, under DDP, all-reduced).
+    D_plain.requires_grad_(False)
+    for _ in range(2):
+        with autocast():
+            g_loss = bce(D_plain(G(z)), 1.0)
+        opt_G.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_G.step()
+    D_plain.requires_grad_(True)
+    return d_loss, g_loss, real_logit, fake_logit
+
+
 # --- the loop ---------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a DCGAN; returns the path of the final checkpoint (RUN/checkpoint.pt)."""
@@ -333,10 +364,6 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
         elif log_path.exists():
             log_path.unlink()
 
-    def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-        logits = logits.float()
-        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
     def save(step: int) -> None:
         ckpt.save(ckpt_path, mcfg, G_plain, D_plain, train_config=cfg.to_dict(), opt_G=opt_G.state_dict(),
                   opt_D=opt_D.state_dict(), step=step, world_size=world)
@@ -378,26 +405,7 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
             real = real.to(device, non_blocking=True).contiguous(memory_format=mem)
             z = sample_z(B, cfg.zdim, _step_generator(cfg.seed, s, di.rank)).to(device, non_blocking=True)
 
-            # D: real -> 1, fake -> 0 (separate forward passes, so BN sees real and fake batches apart, as in the seed)
-            with autocast():
-                with torch.no_grad():
-                    fake = G(z)
-                real_logit, fake_logit = D(real), D(fake)
-                d_loss = bce(real_logit, 1.0) + bce(fake_logit, 0.0)
-            opt_D.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_D.step()
-
-            # G twice with the same z: D(G(z)) -> 1. D is called unwrapped and frozen, so only G's grads
-            # are computed (and, under DDP, all-reduced).
-            D_plain.requires_grad_(False)
-            for _ in range(2):
-                with autocast():
-                    g_loss = bce(D_plain(G(z)), 1.0)
-                opt_G.zero_grad(set_to_none=True)
-                g_loss.backward()
-                opt_G.step()
-            D_plain.requires_grad_(True)
+            d_loss, g_loss, real_logit, fake_logit = train_step(G, D, D_plain, opt_G, opt_D, real, z, autocast)
 
             stats = torch.stack([d_loss.detach().float(), g_loss.detach().float(),
                                  torch.sigmoid(real_logit.detach().float()).mean(),
