@@ -371,3 +371,20 @@ def test_usage_errors_are_one_gcomp_line(args, says):
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
     assert lines[0].endswith(f"(see gcomp {args[0]} --help)")
+
+
+def test_progress_without_a_terminal_is_periodic_plain_lines(monkeypatch, capsys):
+    """Without a TTY (CI logs, nohup, Ray), progress is a line every GCOMP_PROGRESS_EVERY seconds: count, rate, ETA."""
+    from gcomp.engine import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    bar = progress.ProgressBar(True, 4, "completing")
+    assert bar.plain and bar.p is None
+    for _ in range(4):
+        bar.advance()
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("completing: 4/4 (100%), ") and "/s" in lines[-1], lines
+    assert "ETA" in lines[0]
+    progress.ProgressBar(False, 4).advance()  # disabled: silent
+    assert capsys.readouterr().err == ""
