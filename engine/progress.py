@@ -7,7 +7,16 @@ import os
 import sys
 import time
 
-PLAIN_EVERY_S = float(os.environ.get("GCOMP_PROGRESS_EVERY", "10"))  # seconds between plain lines
+
+def _every_s(default: float = 10.0) -> float:
+    """Seconds between plain lines: GCOMP_PROGRESS_EVERY, or 10 (a value that is not a number is ignored)."""
+    try:
+        return max(0.0, float(os.environ.get("GCOMP_PROGRESS_EVERY", default)))
+    except ValueError:
+        return default
+
+
+PLAIN_EVERY_S = _every_s()
 
 
 def _duration(s: float) -> str:

@@ -321,21 +321,25 @@ def test_full_output_leaves_no_partial_file(tiny_ckpt, tmp_path):
 
 
 
+def _faces_job(tiny_ckpt, tmp_path, n):
+    """A folder of n synthetic faces, its output folder, and the `gcomp complete` arguments between them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_faces(src, n=n)
+    return src, out, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"]
+
+
 def test_a_thin_strip_beside_faces_does_not_stop_the_job(tiny_ckpt, tmp_path):
     """A 5000x3 image once raised cv2.error inside the face finder and aborted the whole job."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    make_faces(src, n=2)
+    src, out, args = _faces_job(tiny_ckpt, tmp_path, 2)
     cv2.imwrite(str(src / "strip.png"), np.full((3, 5000, 3), 120, np.uint8))
-    r = runner.invoke(app, ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"])
+    r = runner.invoke(app, args)
     assert "Traceback" not in r.output and r.exit_code in (0, 1), r.output
     assert (out / "face_00.png").is_file() and (out / "face_01.png").is_file()
     assert json.loads((out / "gcomp-summary.json").read_text())["done"] >= 2
 
 
 def test_an_empty_file_where_an_output_belongs_is_redone(tiny_ckpt, tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
-    make_faces(src, n=2)
-    args = ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"]
+    _, out, args = _faces_job(tiny_ckpt, tmp_path, 2)
     assert runner.invoke(app, args).exit_code == 0
     good = (out / "face_01.png").read_bytes()
     (out / "face_01.png").write_bytes(b"")  # outputs are atomic: an empty one is not ours
@@ -345,9 +349,7 @@ def test_an_empty_file_where_an_output_belongs_is_redone(tiny_ckpt, tmp_path):
 
 
 def test_a_rerun_with_nothing_to_do_keeps_the_summary_and_the_next_change_still_warns(tiny_ckpt, tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
-    make_faces(src, n=3)
-    args = ["complete", str(src), str(out), "--model", str(tiny_ckpt), "--iters", "1", "--no-progress"]
+    _, out, args = _faces_job(tiny_ckpt, tmp_path, 3)
     assert runner.invoke(app, args).exit_code == 0
     first = (out / "gcomp-summary.json").read_bytes()
     assert json.loads(first)["done"] == 3

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from ..engine.masks import KINDS, make_mask
 from .checkpoint import load_models, weights_id
-from .loop import DEVICES, PRECISIONS, TrainError, autocast_for, memory_format_for, resolve_device, resolve_precision
+from .loop import (DEVICES, PRECISIONS, TrainError, autocast_for, memory_format_for, precision_label, resolve_device,
+                   resolve_precision)
 from .model import BN_EPS, KERNEL, LRELU_SLOPE, PAD, STRIDE, ModelConfig, _widths, sample_z, weights_init
 
 TRAIN_KINDS = tuple(k for k in KINDS if k != "full")
@@ -140,7 +141,7 @@ def train_encoder(cfg: EncoderConfig, log=print) -> Path:
     E = Encoder(mcfg)
     E.apply(weights_init)
     E.to(dev, memory_format=mem)
-    log(f"training the encoder on {dev} {precision}{' channels_last' if mem == torch.channels_last else ''}")
+    log(f"training the encoder on {dev} {precision_label(precision, mem)}")
     opt = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     data = ImageSource(list(cfg.data), mcfg.size)

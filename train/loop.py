@@ -153,10 +153,9 @@ def resolve_precision(requested: str, device: torch.device, amp: bool = True) ->
     """'bf16' or 'fp32' for training on `device`: the one place this is decided (train and train-encoder).
 
     auto: bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512_BF16 / AMX, gcomp.engine.cpu), where
-    bf16 autocast with channels_last runs a gf = df = 64 step ~5x faster than fp32 (benchmarks/results/
-    train-precision-*.md); fp32 on other CPUs, where bf16 is emulated and slower. amp=False (--no-amp) is fp32."""
-    if requested not in PRECISIONS:
-        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    bf16 autocast with channels_last runs a gf = df = 64 step 2.5x faster than fp32 (benchmarks/results/
+    train-precision-amx-2c.md); fp32 on other CPUs, where bf16 is emulated and slower. amp=False (--no-amp) is
+    fp32. `requested` was checked by the config's validate()."""
     if requested != "auto":
         return requested
     if not amp:
@@ -176,10 +175,15 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def memory_format_for(device: torch.device, precision: str) -> torch.memory_format:
-    """channels_last where it pays: with bf16 on CPU, oneDNN's bf16 convolutions run NHWC without reorders
-    (an earlier session measured 0.89 s a step
-    with it, 3.48 s without, gf = df = 64 on a 2-core AMX Xeon); elsewhere contiguous, as measured no slower."""
+    """channels_last where it pays: with bf16 on CPU, oneDNN's bf16 convolutions run NHWC without reorders (an
+    earlier session measured 0.89 s a step with it, 3.48 s without, gf = df = 64 on a 2-core AMX Xeon); elsewhere
+    contiguous, as measured no slower."""
     return torch.channels_last if (precision == "bf16" and device.type == "cpu") else torch.contiguous_format
+
+
+def precision_label(precision: str, mem: torch.memory_format) -> str:
+    """How training says what it runs: 'bf16 channels_last', 'fp32', ..."""
+    return precision + (" channels_last" if mem == torch.channels_last else "")
 
 
 def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -384,7 +388,7 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
     if di.main and cfg.progress:
         _say(f"training {mcfg.size}px DCGAN (gf {mcfg.gf}, df {mcfg.df}, z {mcfg.zdim}) on {data.describe()}: "
              f"steps {start + 1}..{total}, batch {B} x {world} process(es), {batches.steps_per_epoch} steps/epoch, "
-             f"device {device} {precision}{' channels_last' if mem == torch.channels_last else ''} -> {out}")
+             f"device {device} {precision_label(precision, mem)} -> {out}")
     if show_bar:
         from rich.progress import TextColumn
 
