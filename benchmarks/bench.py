@@ -1,31 +1,42 @@
 """`gcomp bench`: per-step latency and throughput of each backend against the seed's own loop.
 
-The baseline is measured in the same process on the same inputs: PyTorch eager, a batch of 64,
-the gradient copied to the host and the momentum update done in numpy every iteration, as the
-seed's TensorFlow code does (sess.run -> numpy update -> feed back). Warm-up steps are excluded.
+The baseline is measured in the same process on the same inputs, at every batch size benchmarked: PyTorch
+eager, the gradient copied to the host and the momentum update done in numpy every iteration, as the seed's
+TensorFlow code does (sess.run -> numpy update -> feed back). Each run's speed-up is against the baseline of
+its own batch size. Warm-up steps are excluded. The timed call is a backend's step() (state through the host
+each call), not its search loop: a setting such as io_binding or cuda_graph, reported as the backend has it,
+is what its search() would use.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .. import __version__
 from ..engine.api import open_model
 from ..engine.backends import FORMATS, NAMES, BackendError, backend_class, check_device
+from ..engine.backends.exported import WEIGHTS_KEY, model_files
+from ..engine.cpu import cpu_flags, cpu_has_native_bf16, cpu_kind
 from ..engine.masks import make_mask
 from ..engine.search import SearchParams, momentum_update
 from .flops import flops_per_iteration  # noqa: F401 (tests and callers import it from here)
 from .machine import cpu_model
 
-BASELINE_BATCH = 64
+BASELINE = "baseline"  # the seed loop's `backend` in the report
+PERCENTILES = (90, 95, 99)
 PAUSE_S = 0.2  # interleaved runs: ONNX Runtime's and OpenVINO's idle worker threads spin for a while
+# the vector and matrix extensions, the flags that decide which kernels a runtime picks (the full list is ~100)
+ISA_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c")
 # Dense peak FLOP/s by (device-name fragment, precision), from NVIDIA's data sheets (SXM parts).
 PEAKS = {("H100", "fp32"): 67e12, ("H100", "tf32"): 495e12, ("H100", "fp16"): 989e12, ("H100", "bf16"): 989e12,
          ("H200", "fp32"): 67e12, ("H200", "tf32"): 495e12, ("H200", "fp16"): 989e12, ("H200", "bf16"): 989e12}
@@ -36,26 +47,24 @@ class Timing:
     name: str
     backend: str
     batch: int
-    precision: str
+    precision: str  # as asked (--precision); settings["precision"] is what ran
     device: str
     steps_per_call: int = 1
-    settings: dict = field(default_factory=dict)  # threads / streams given to the backend
+    sweep: dict = field(default_factory=dict)  # the --threads / --streams values asked for (the name's label)
+    settings: dict = field(default_factory=dict)  # as run, read from the open backend (run_settings)
+    model: dict = field(default_factory=dict)  # weights_id as the loaded model says, sha256 of each file loaded
     latencies_ms: list[float] = field(default_factory=list)  # per call
     stats: dict = field(default_factory=dict)
 
-    def summarize(self, iters: int, flops_iter: float, peak: float | None, baseline_ips: float | None) -> None:
-        lat = np.array(self.latencies_ms)
-        per_step = lat / self.steps_per_call
-        q = {f"p{p}": float(np.percentile(per_step, p)) for p in (90, 95, 99)}
+    def summarize(self, iters: int, flops_iter: float, peak: float | None) -> None:
+        """Everything but the speed-up, which needs the baseline's stats (batch_matched_speedups)."""
+        per_step = np.array(self.latencies_ms) / self.steps_per_call
         mean_s = float(per_step.mean()) / 1e3
-        ips = self.batch / (mean_s * iters)  # images per second when each image needs `iters` steps
         achieved = flops_iter * self.batch / mean_s
         self.stats = {
-            "step_ms": {"min": float(per_step.min()), "mean": float(per_step.mean()),
-                        "median": float(np.median(per_step)), **q},
-            "images_per_s": ips,
+            "step_ms": step_stats(per_step),
+            "images_per_s": self.batch / (mean_s * iters),  # when each image needs `iters` steps
             "iters": iters,
-            "speedup_vs_baseline": (ips / baseline_ips) if baseline_ips else 1.0,
             "flops_per_image_iteration": flops_iter,
             "achieved_flops": achieved,
             "peak_flops": peak,
@@ -63,8 +72,29 @@ class Timing:
         }
 
 
+def step_stats(per_step_ms: np.ndarray) -> dict:
+    """n (timed calls), min, max, mean, median, percentiles and standard deviation of the per-step times.
+    stdev is the sample one (n - 1): the timed calls are a sample of the run's steady state."""
+    x = per_step_ms
+    return {"n": len(x), "min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
+            "median": float(np.median(x)), **{f"p{p}": float(np.percentile(x, p)) for p in PERCENTILES},
+            "stdev": float(x.std(ddof=1)) if len(x) > 1 else 0.0}
+
+
+def batch_matched_speedups(timings: list[Timing]) -> None:
+    """Each run's images/s over the seed loop's at the same batch size, timed in this invocation: against a
+    baseline of another batch size the ratio would mix the batch's effect into the backend's."""
+    base = {t.batch: t for t in timings if t.backend == BASELINE}
+    for t in timings:
+        b = base[t.batch]
+        t.stats["speedup_vs_baseline"] = t.stats["images_per_s"] / b.stats["images_per_s"]
+        t.stats["baseline"] = {"name": b.name, "batch": b.batch}
+
+
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
+            "cpu_kind": cpu_kind(), "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(ISA_FLAG_PREFIXES)),
+            "native_bf16": cpu_has_native_bf16(),  # what gcomp decides from (GCOMP_CPU_BF16 overrides the flags)
             "cores": os.cpu_count(), "gpu": None, "libraries": {}}
     for mod in ("numpy", "onnxruntime", "openvino", "torch", "cv2", "onnx"):
         try:
@@ -79,6 +109,23 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_loaded(backend: str, target: Path) -> list[Path]:
+    """The model files a run loads: the checkpoint (the seed loop, torch) or an export's two graphs."""
+    if backend in (BASELINE, "torch"):
+        from ..train.checkpoint_file import resolve
+
+        return [resolve(target)]
+    return list(model_files(target, ".engine" if backend == "tensorrt" else ".onnx"))
 
 
 def _peak(device: str, precision: str, gpu: str | None) -> float | None:
@@ -97,9 +144,44 @@ def synthetic_inputs(batch: int, size: int, zdim: int, seed: int = 0):
     return z, y, w
 
 
+def _threads_in_use(be) -> int | None:
+    """The thread count the runtime itself reports: OpenVINO's compiled model and torch's intra-op pool (CPU)
+    say; ONNX Runtime does not (its default, threads None, is one per physical core)."""
+    if be.name == "openvino":
+        return int(be.step_reqs[0].get_compiled_model().get_property("INFERENCE_NUM_THREADS"))
+    if be.name == "torch" and not be.on_cuda:
+        return be.torch.get_num_threads()
+    return None
+
+
+def _torch_math(torch, device: str) -> dict:
+    """How the seed loop's PyTorch computes, as this process has it: its intra-op threads on CPU; on CUDA
+    whether cuDNN may use TF32 for the convolutions (PyTorch's default: yes), so "fp32" is read with that."""
+    if not device.startswith("cuda"):
+        return {"threads": torch.get_num_threads()}
+    try:
+        return {"tf32_convolutions": bool(torch.backends.cudnn.allow_tf32)}
+    except RuntimeError:  # torch >= 2.9 raises on the legacy flag once its new API was set in this process
+        return {"tf32_convolutions": torch.backends.cudnn.conv.fp32_precision == "tf32"}
+
+
+def run_settings(be, batch: int) -> dict:
+    """What a run ran with, read from the open backend: its settings() (which resolve choices such as
+    OpenVINO's inference precision), the batch, the steps per call, and what only the runtime knows."""
+    s = {**be.settings(), "batch": batch, "steps_per_call": be.unroll}
+    if "precision" not in s:  # an export run as stored (onnxruntime, tensorrt): the graph's precision
+        s["precision"] = be.info.meta.get("precision")
+        s["compute_precision"] = be.info.meta.get("compute_precision")  # bf16 exports store bf16, compute fp32
+    threads = _threads_in_use(be)
+    if threads is not None:
+        s["threads"] = threads
+    return s
+
+
 class Run:
-    """One configuration under test: `open()` loads it, each `call()` advances its search by one call
-    (state fed back), `close()` releases it. Timed in blocks or interleaved by `time_runs`."""
+    """One configuration under test: `open()` loads it (and fills its timing's settings and model id), each
+    `call()` advances its search by one call (state fed back), `close()` releases it. Timed in blocks or
+    interleaved by `time_runs`."""
 
     def __init__(self, timing: Timing, opener: Callable[[], tuple[Callable[[], None], Callable[[], None]]]):
         self.timing = timing
@@ -110,20 +192,24 @@ class Run:
         self.call, self.close = self._opener()
 
 
-def seed_loop_run(checkpoint, device: str = "cpu") -> Run:
+def seed_loop_run(checkpoint, batch: int, device: str = "cpu") -> Run:
     """The seed's loop: eager forward/backward, gradient to host, numpy update, z back to the device."""
+    timing = Timing(f"seed loop b{batch}", BASELINE, batch, "fp32", device)
 
     def opener():
         import torch
 
-        from ..train.checkpoint import load_models
+        from ..train.checkpoint import load_models, weights_id
         from ..train.reference import loss_and_grad
 
         cfg, G, D = load_models(checkpoint, device)
         hp = SearchParams.seed()
-        z, y, w = synthetic_inputs(BASELINE_BATCH, cfg.size, cfg.zdim)
+        z, y, w = synthetic_inputs(batch, cfg.size, cfg.zdim)
         yt, wt = torch.from_numpy(y).to(device), torch.from_numpy(w).to(device)
         state = [z, np.zeros_like(z)]
+        timing.settings = {"name": BASELINE, "device": device, "precision": "fp32", "batch": batch,
+                           "steps_per_call": 1, **_torch_math(torch, device)}
+        timing.model[WEIGHTS_KEY] = weights_id(G, D)
 
         def call():
             _, g = loss_and_grad(G, D, torch.from_numpy(state[0]).to(device), yt, wt, hp.lam)
@@ -131,19 +217,21 @@ def seed_loop_run(checkpoint, device: str = "cpu") -> Run:
 
         return call, lambda: None
 
-    return Run(Timing("seed loop", "baseline", BASELINE_BATCH, "fp32", device), opener)
+    return Run(timing, opener)
 
 
 def backend_run(open_be: Callable, timing: Timing) -> Run:
-    """A model opened with gcomp.open_model, timed through its backend's step() contract; timing.steps_per_call
-    is set from its unroll when opened."""
+    """A model opened with gcomp.open_model, timed through its backend's step() contract; timing.steps_per_call,
+    settings and weights id are read from the backend when opened."""
 
     def opener():
         model = open_be()
         be = model.backend
         z, y, w = synthetic_inputs(timing.batch, be.info.size, be.info.zdim)
         state = [z, np.zeros_like(z)]
-        timing.steps_per_call = getattr(be, "unroll", 1)
+        timing.steps_per_call = be.unroll
+        timing.settings = run_settings(be, timing.batch)
+        timing.model[WEIGHTS_KEY] = be.info.meta.get(WEIGHTS_KEY)
         hp = SearchParams.seed()
 
         def call():
@@ -262,7 +350,8 @@ def check_options(backends, batch_sizes, iters, precisions, device, warmup, thre
 def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int = 20, precisions=("fp32",),
           device: str = "cpu", warmup: int = 3, workdir=None, log=print, threads=(None,), streams=(None,),
           rounds: int = 1) -> dict:
-    """Run the baseline and each (backend, precision, batch, thread/stream setting); return the report.
+    """Run the baseline at each batch size and each (backend, precision, batch, thread/stream setting);
+    return the report.
 
     threads / streams: values to sweep (None: the backend's default) for backends that take them;
     each run's name then says its setting, and `best` in the report picks the fastest per
@@ -279,17 +368,29 @@ def bench(model=None, backends=("onnxruntime",), batch_sizes=(64,), iters: int =
 
 def _bench(model, backends, batch_sizes, iters, precisions, device, warmup, tmp: Path, log, threads, streams,
            rounds) -> dict:
-    from ..train.checkpoint import load_models, save
+    from ..train.checkpoint import load_models, save, weights_id
     from ..train.model import ModelConfig, build
 
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if model is None:  # timings do not depend on the weights: the default architecture, random init
         ckpt = save(tmp / "random.pt", ModelConfig(), *build(ModelConfig()))
     else:
         ckpt = Path(model)
-    cfg, _, _ = load_models(ckpt)
+    cfg, G, D = load_models(ckpt)
     flops = flops_per_iteration(cfg.size, cfg.zdim, cfg.gf, cfg.df, cfg.channels)
     machine = machine_info()
-    runs = [seed_loop_run(ckpt, device)]
+    digests: dict[Path, str] = {}  # each file hashed once however many runs load it
+
+    def identify(timing: Timing, backend: str, target: Path) -> Timing:
+        paths = files_loaded(backend, target)
+        for p in paths:
+            digests.setdefault(p, sha256_file(p))
+        timing.model["sha256"] = {_label(p, tmp): digests[p] for p in paths}
+        return timing
+
+    runs = [seed_loop_run(ckpt, b, device) for b in batch_sizes]
+    for run in runs:
+        identify(run.timing, BASELINE, ckpt)
     for name in backends:
         for prec in precisions:
             if why_not(name, prec, device):
@@ -309,25 +410,35 @@ def _bench(model, backends, batch_sizes, iters, precisions, device, warmup, tmp:
             for b in batch_sizes:
                 for setting in settings_grid(name, threads, streams):
                     label = " ".join(f"{k[0]}{v}" for k, v in setting.items())  # e.g. "t2 s2"
-                    timing = Timing(f"{name} {prec} b{b}{' ' + label if label else ''}", name, b, prec, device,
-                                    settings=setting)
+                    timing = identify(Timing(f"{name} {prec} b{b}{' ' + label if label else ''}", name, b, prec,
+                                             device, sweep=setting), name, target)
                     runs.append(backend_run(
                         lambda t=target, n=name, o={**options, **setting}: open_model(t, backend=n, device=device, **o),
                         timing))
     time_runs(runs, iters, warmup, rounds, log)
     timings = [r.timing for r in runs]
-    timings[0].summarize(iters, flops, _peak(device, "fp32", machine["gpu"]), None)
-    for t in timings[1:]:
-        t.summarize(iters, flops, _peak(device, t.precision, machine["gpu"]), timings[0].stats["images_per_s"])
-    return {"machine": machine, "model": {"source": str(model or "random init"), **asdict(cfg)},
+    for t in timings:
+        t.summarize(iters, flops, _peak(device, t.precision, machine["gpu"]))
+    batch_matched_speedups(timings)
+    checkpoint_file = files_loaded(BASELINE, ckpt)[0]
+    return {"timestamp": started, "gcomp_version": __version__, "machine": machine,
+            "model": {"source": str(model or "random init"), WEIGHTS_KEY: weights_id(G, D),
+                      "sha256": digests[checkpoint_file], **asdict(cfg)},
             "iters": iters, "warmup": warmup, "rounds": rounds, "device": device,
-            "runs": [asdict(t) for t in timings], "best": best_runs(timings), "swept": any(t.settings for t in timings)}
+            "runs": [asdict(t) for t in timings], "best": best_runs(timings), "swept": any(t.sweep for t in timings)}
+
+
+def _label(path: Path, tmp: Path) -> str:
+    """A file's name in the report: relative to the work folder (onnx-fp16/step.onnx), else its name."""
+    return str(path.relative_to(tmp)) if path.is_relative_to(tmp) else path.name
 
 
 def best_runs(runs: list[Timing]) -> list[str]:
     """Names of the fastest run of each (backend, precision, batch) over the settings tried."""
     best: dict[tuple, Timing] = {}
-    for r in runs[1:]:  # not the baseline
+    for r in runs:
+        if r.backend == BASELINE:
+            continue
         key = (r.backend, r.precision, r.batch)
         if key not in best or r.stats["images_per_s"] > best[key].stats["images_per_s"]:
             best[key] = r

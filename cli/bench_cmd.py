@@ -23,7 +23,7 @@ def _ints(option: str, s: str) -> list[int]:
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A checkpoint; default: the default architecture with random weights (timings do not depend on weights)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="Comma-separated: torch, onnxruntime, openvino, tensorrt."),
-    batch_size: str = typer.Option("64", "--batch-size", "-b", help="Comma-separated batch sizes."),
+    batch_size: str = typer.Option("64", "--batch-size", "-b", help="Comma-separated batch sizes; the seed loop is timed at each, so every speed-up compares equal batches."),
     iters: int = typer.Option(20, "--iters", help="Timed steps per run; images/s is reported for this many iterations per image."),
     precision: str = typer.Option("fp32", "--precision", help="Comma-separated: fp32, fp16, bf16 (onnxruntime: the export's precision; openvino: its inference precision)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
@@ -44,7 +44,6 @@ def bench(
     except ImportError:
         raise fail("gcomp bench runs the seed's PyTorch loop as its baseline: pip install 'gcomp[train]'") from None
     from rich.console import Console
-    from rich.table import Table
 
     from ..benchmarks.bench import bench as run, write_json
     from ..engine.backends import BackendError
@@ -56,23 +55,38 @@ def bench(
                      streams=stream_counts or [None], rounds=rounds)
     except (BackendError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
-    m = report["machine"]
-    t = Table(title=f"gcomp bench: {m['gpu'] or m['cpu']} ({m['cores']} cores), {iters} iterations per image")
-    for col in ("run", "batch", "min ms", "mean ms", "median", "p90", "p95", "p99", "images/s", "speed-up", "GFLOP/s", "of peak"):
-        t.add_column(col, justify="right" if col != "run" else "left")
-    for r in report["runs"]:
-        s, ms = r["stats"], r["stats"]["step_ms"]
-        share = s["share_of_peak"]
-        best = report["swept"] and r["name"] in report["best"]
-        t.add_row(r["name"] + (" *" if best else ""), str(r["batch"]), *(f"{ms[k]:.1f}" for k in ("min", "mean", "median", "p90", "p95", "p99")),
-                  f"{s['images_per_s']:.3f}", f"{s['speedup_vs_baseline']:.2f}x", f"{s['achieved_flops'] / 1e9:.0f}",
-                  f"{share:.1%}" if share else "unknown")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and CI: never wrap the table
-    console.print(t)
+    console.print(_table(report))
     if report["swept"]:
         typer.echo("* the fastest setting of its backend, precision and batch size")
     if json_path:
         write_json(report, json_path)
         typer.echo(f"wrote {json_path}")
+
+
+def _table(report: dict):
+    """The report in brief: per run n, median, min, max, stdev and p90 of the per-step time, throughput and the
+    speed-up over the seed loop at the run's own batch size; the full statistics and settings are in --json."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    m, mod = report["machine"], report["model"]
+    title = (f"gcomp bench {report['gcomp_version']}, {report['timestamp']}: {m['gpu'] or m['cpu']} "
+             f"({m['cores']} cores, {m['cpu_kind']}), {report['iters']} iterations per image")
+    caption = (f"ms per step over n timed calls. speed-up: images/s over the seed loop's at the same batch size, "
+               f"timed in this run. Model {mod['source']}: weights {mod['weights_id']}, sha256 {mod['sha256'][:16]}")
+    t = Table(title=escape(title), caption=escape(caption), caption_justify="left")  # a path may hold [brackets]
+    for col in ("run", "batch", "n", "median ms", "min", "max", "stdev", "p90", "images/s",
+                "speed-up (same batch)", "GFLOP/s", "of peak"):
+        t.add_column(col, justify="right" if col != "run" else "left")
+    for r in report["runs"]:
+        s, ms = r["stats"], r["stats"]["step_ms"]
+        share = s["share_of_peak"]
+        best = report["swept"] and r["name"] in report["best"]
+        t.add_row(r["name"] + (" *" if best else ""), str(r["batch"]), str(ms["n"]),
+                  *(f"{ms[k]:.1f}" for k in ("median", "min", "max", "stdev", "p90")),
+                  f"{s['images_per_s']:.3f}", f"{s['speedup_vs_baseline']:.2f}x", f"{s['achieved_flops'] / 1e9:.0f}",
+                  f"{share:.1%}" if share else "unknown")
+    return t

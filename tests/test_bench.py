@@ -1,6 +1,9 @@
 """gcomp bench: the report's schema and statistics on a tiny model (no timing assertions)."""
+import hashlib
 import json
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,25 +18,99 @@ def test_flops_of_the_seed_model():
     assert flops_per_iteration(64, 100, 64, 64) == pytest.approx(1.3009e9, rel=1e-4)
 
 
+def test_step_stats_of_known_times():
+    from gcomp.benchmarks.bench import step_stats
+
+    s = step_stats(np.array([4.0, 1.0, 3.0, 2.0]))
+    assert s == pytest.approx({"n": 4, "min": 1.0, "max": 4.0, "mean": 2.5, "median": 2.5, "p90": 3.7, "p95": 3.85,
+                               "p99": 3.97, "stdev": float(np.sqrt(5 / 3))})  # sample stdev: sum of squares 5, n - 1
+    assert step_stats(np.array([2.0]))["stdev"] == 0.0  # one call: no spread to estimate
+
+
 def test_bench_cli_json(tiny_ckpt, tmp_path):
+    from gcomp import __version__
+    from gcomp.engine.cpu import cpu_flags, cpu_kind
+    from gcomp.train.checkpoint import load_models, weights_id
+
     out = tmp_path / "b.json"
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--backend", "torch,onnxruntime",
                                  "--iters", "4", "--warmup", "1", "--batch-size", "2,4", "--json", str(out)])
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     assert rep["machine"]["cores"] >= 1 and "numpy" in rep["machine"]["libraries"]
-    names = [x["backend"] for x in rep["runs"]]
-    assert names == ["baseline", "torch", "torch", "onnxruntime", "onnxruntime"]
-    base = rep["runs"][0]["stats"]["images_per_s"]
+    assert rep["machine"]["cpu_kind"] == cpu_kind() and set(rep["machine"]["cpu_flags"]) <= cpu_flags()
+    started = datetime.fromisoformat(rep["timestamp"])
+    assert started.utcoffset() == timedelta(0) and abs(datetime.now(timezone.utc) - started) < timedelta(hours=1)
+    assert rep["gcomp_version"] == __version__
+    ckpt_sha = hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()
+    wid = weights_id(*load_models(tiny_ckpt)[1:])
+    assert rep["model"]["sha256"] == ckpt_sha and rep["model"]["weights_id"] == wid
+
+    # the seed loop at each batch size, then each backend; every speed-up against the seed loop of its batch
+    assert [(x["backend"], x["batch"]) for x in rep["runs"]] == [
+        ("baseline", 2), ("baseline", 4), ("torch", 2), ("torch", 4), ("onnxruntime", 2), ("onnxruntime", 4)]
+    base = {x["name"]: x for x in rep["runs"] if x["backend"] == "baseline"}
     for run in rep["runs"]:
         s, ms = run["stats"], run["stats"]["step_ms"]
-        assert len(run["latencies_ms"]) == 4
-        assert 0 < ms["min"] <= ms["median"] <= ms["p90"] <= ms["p95"] <= ms["p99"]
-        assert ms["min"] <= ms["mean"]
+        per_step = np.array(run["latencies_ms"]) / run["steps_per_call"]
+        assert ms["n"] == len(run["latencies_ms"]) == 4
+        assert 0 < ms["min"] <= ms["median"] <= ms["p90"] <= ms["p95"] <= ms["p99"] <= ms["max"]
+        assert ms["min"] <= ms["mean"] <= ms["max"] and ms["max"] == pytest.approx(per_step.max())
+        assert ms["stdev"] >= 0 and ms["stdev"] == pytest.approx(np.std(per_step, ddof=1))
         assert s["images_per_s"] == pytest.approx(run["batch"] / (ms["mean"] / 1e3 * 4))
-        assert s["speedup_vs_baseline"] == pytest.approx(s["images_per_s"] / base)
+        b = base[s["baseline"]["name"]]
+        assert s["baseline"]["batch"] == b["batch"] == run["batch"]
+        assert s["speedup_vs_baseline"] == pytest.approx(s["images_per_s"] / b["stats"]["images_per_s"])
         assert s["share_of_peak"] is None  # CPU peak unknown
-    assert "images/s" in r.stdout and "speed-up" in r.stdout
+        # as run: non-empty, the run's own batch and backend, the model the run loaded
+        st = run["settings"]
+        assert st["name"] == run["backend"] and st["batch"] == run["batch"] and st["device"] == "cpu"
+        assert st["precision"] == "fp32" and st["steps_per_call"] == run["steps_per_call"]
+        assert run["model"]["weights_id"] == wid
+        if run["backend"] == "onnxruntime":
+            assert set(run["model"]["sha256"]) == {"onnx-fp32/generator.onnx", "onnx-fp32/step.onnx"}
+        else:
+            assert run["model"]["sha256"] == {tiny_ckpt.name: ckpt_sha}
+    assert "images/s" in r.stdout and "speed-up (same batch)" in r.stdout and wid in r.stdout
+
+
+def test_settings_are_read_from_the_open_backend(tiny_ckpt, monkeypatch):
+    """Each run's settings are what its open backend and runtime report (OpenVINO's compiled model: threads,
+    streams, inference precision), not the options asked for."""
+    import openvino as ov
+    import torch
+
+    import gcomp.benchmarks.bench as bench_mod
+
+    reported, real = [], bench_mod.run_settings
+
+    def spy(be, batch):
+        facts = dict(be.settings())
+        if be.name == "openvino":
+            cm = be.step_reqs[0].get_compiled_model()
+            facts |= {"threads": int(cm.get_property("INFERENCE_NUM_THREADS")),
+                      "streams": int(cm.get_property("NUM_STREAMS")),
+                      "precision": "bf16" if cm.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "fp32"}
+        if be.name == "torch":
+            facts["threads"] = torch.get_num_threads()
+        if be.name == "onnxruntime":
+            facts["precision"] = be.info.meta["precision"]  # the export's
+        reported.append(facts | {"batch": batch})
+        return real(be, batch)
+
+    monkeypatch.setattr(bench_mod, "run_settings", spy)
+    rep = bench_mod.bench(tiny_ckpt, ["onnxruntime", "openvino", "torch"], [2], iters=2, warmup=0,
+                          precisions=("fp32", "bf16"), log=lambda m: None)
+    runs = [r for r in rep["runs"] if r["backend"] != "baseline"]
+    assert [(r["backend"], r["precision"]) for r in runs] == [
+        (b, p) for b in ("onnxruntime", "openvino", "torch") for p in ("fp32", "bf16")]
+    assert len(reported) == len(runs)  # one run opened at a time, in order (rounds 1)
+    for run, facts in zip(runs, reported):
+        assert run["settings"] == run["settings"] | facts, run["name"]  # every reported value, unchanged
+    by = {(r["backend"], r["precision"]): r["settings"] for r in runs}
+    assert by["onnxruntime", "bf16"]["compute_precision"] == "fp32"  # bf16-stored weights, fp32 arithmetic
+    assert {"io_binding", "streams"} <= set(by["onnxruntime", "fp32"]) and "kernels" in by["torch", "fp32"]
+    assert by["torch", "bf16"]["precision"] == "bf16" and isinstance(by["openvino", "fp32"]["threads"], int)
 
 
 def test_thread_and_stream_sweep_marks_the_best(tiny_ckpt):
@@ -43,7 +120,9 @@ def test_thread_and_stream_sweep_marks_the_best(tiny_ckpt):
     assert settings_grid("openvino", (1, 2), (None,)) == [{"threads": 1}, {"threads": 2}]
     rep = bench(tiny_ckpt, ["onnxruntime"], [2], iters=2, warmup=0, threads=(1, 2), streams=(1, 2), log=lambda m: None)
     runs = rep["runs"][1:]
-    assert [r["settings"] for r in runs] == [{"threads": t, "streams": s} for t in (1, 2) for s in (1, 2)]
+    grid = [{"threads": t, "streams": s} for t in (1, 2) for s in (1, 2)]
+    assert [r["sweep"] for r in runs] == grid
+    assert [{k: r["settings"][k] for k in ("threads", "streams")} for r in runs] == grid  # as the backend ran them
     assert [r["name"] for r in runs][0] == "onnxruntime fp32 b2 t1 s1"
     fastest = max(runs, key=lambda r: r["stats"]["images_per_s"])["name"]
     assert rep["swept"] and rep["best"] == [fastest]
@@ -54,7 +133,7 @@ def test_interleaved_rounds_time_every_call(tiny_ckpt):
 
     rep = bench(tiny_ckpt, ["onnxruntime", "torch"], [2], iters=5, warmup=1, rounds=2, log=lambda m: None)
     assert rep["rounds"] == 2 and [r["backend"] for r in rep["runs"]] == ["baseline", "onnxruntime", "torch"]
-    assert all(len(r["latencies_ms"]) == 5 for r in rep["runs"])  # 2 + 3 calls over the two rounds
+    assert all(len(r["latencies_ms"]) == r["stats"]["step_ms"]["n"] == 5 for r in rep["runs"])  # 2 + 3 calls
 
 
 def _no_cuda():
