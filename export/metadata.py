@@ -121,13 +121,60 @@ def write_metadata(model, meta: dict[str, Any]):
         path = model
         model = onnx.load(path)
     entries = {p.key: p.value for p in model.metadata_props}
+    before = dict(entries)
     entries.update({k: _encode(k, v) for k, v in meta.items()})
     del model.metadata_props[:]
     for k, v in entries.items():
         model.metadata_props.add(key=k, value=v)
     if path is not None:
+        vouching = _reports_vouching_for(path)
         onnx.save(model, path)
+        if {k for k, v in entries.items() if before.get(k) != v} <= set(REPORT_KEEPING):
+            _restamp(path, vouching)
     return model
+
+
+#: metadata a validation report stays true under: the recommendations and the free text. Changing any other key
+#: (weights_id, unroll, batch, ...) changes what the file claims to be, so a report beside it stops vouching for it.
+REPORT_KEEPING = ("defaults", "description", "license", "date")
+
+
+def _reports_vouching_for(path) -> list:
+    """The validation reports beside `path` whose sha256 for it matches the file as it is now."""
+    from pathlib import Path
+
+    from ..engine.backends.exported import HASHES_KEY, REPORT_FILES, file_sha256
+
+    path = Path(path)
+    found, digest = [], None
+    for name in REPORT_FILES:
+        rp = path.parent / name
+        try:
+            report = json.loads(rp.read_text()) if rp.is_file() else {}
+        except (OSError, ValueError):
+            continue
+        hashes = report.get(HASHES_KEY) if isinstance(report, dict) else None
+        theirs = hashes.get(path.name) if isinstance(hashes, dict) else None
+        if theirs is not None:
+            digest = digest or file_sha256(path)
+            if theirs == digest:
+                found.append((rp, report))
+    return found
+
+
+def _restamp(path, vouching: list) -> None:
+    """A report that vouched for `path` before a metadata-only write (a changed recommendation, say) vouches for it
+    after: the graph and weights it validated are unchanged, so it names the new sha256."""
+    from pathlib import Path
+
+    from ..engine.backends.exported import HASHES_KEY, file_sha256
+
+    if not vouching:
+        return
+    digest = file_sha256(path)
+    for rp, report in vouching:
+        report[HASHES_KEY][Path(path).name] = digest
+        rp.write_text(json.dumps(report, indent=2))
 
 
 def read_metadata(model, require: bool = True) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..engine.backends.exported import (GENERATOR_FILE, GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_FILE,  # noqa: F401
-                                        STEP_INPUTS, STEP_OUTPUTS, VALIDATION_FILE, WEIGHTS_KEY)
+from ..engine.backends.exported import (ENCODER_VALIDATION_FILE, GENERATOR_FILE, GENERATOR_INPUT,  # noqa: F401
+                                        GENERATOR_OUTPUT, IO_DOCS, STEP_FILE, STEP_INPUTS, STEP_OUTPUTS,
+                                        VALIDATION_FILE, WEIGHTS_KEY)
 from .metadata import (CONVENTIONS, DEFAULT_LICENSE, MASK_CONVENTION, RECOMMENDED,  # noqa: F401
-                       parse_recommend, write_metadata)
+                       MetadataError, parse_recommend, read_metadata, write_metadata)
 from .validate import example_inputs
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -112,6 +113,13 @@ def _clean(model, dynamic: bool) -> None:
                 d.dim_param = "batch"
 
 
+def _document(model, kind: str) -> None:
+    """Each graph input's and output's doc_string: what it is (engine/backends/exported.IO_DOCS, the contract)."""
+    docs = IO_DOCS[kind]
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.doc_string = docs[vi.name]
+
+
 def _relax_w_channels(model) -> None:
     """w may be [B, 1, H, W] (one mask for all channels) or [B, C, H, W]: it only enters element-wise
     products (w * (x - y), w * sign(...)), which broadcast, so its channel axis is symbolic."""
@@ -175,6 +183,7 @@ def export_generator(G, cfg, path: Path, precision: str, batch, opset: int, abou
     z = example_inputs(cfg, nb)[0]
     model = _export_graph(GeneratorModule(G, precision), (z,), (GENERATOR_INPUT,), (GENERATOR_OUTPUT,), {GENERATOR_INPUT}, batch == "dynamic", opset)
     model.graph.name = "gcomp_generator"
+    _document(model, "generator")
     write_metadata(model, _metadata(cfg, "generator", precision, 1, batch, opset, about))
     onnx.save(model, str(path))
     return path
@@ -191,9 +200,39 @@ def export_step(G, D, cfg, path: Path, precision: str, batch, unroll: int, opset
                           {"z", "v", "y", "w"}, batch == "dynamic", opset)
     _relax_w_channels(model)
     model.graph.name = "gcomp_step"
+    _document(model, "step")
     write_metadata(model, _metadata(cfg, "step", precision, unroll, batch, opset, about))
     onnx.save(model, str(path))
     return path
+
+
+STALE = ".stale-{}"  # the suffix (with the old weights id) of an encoder moved aside by a re-export
+
+
+def set_aside_stale_encoder(out: Path, wid: str, log: Callable[[str], None]) -> Path | None:
+    """Move an encoder.onnx trained for another checkpoint (weights id other than `wid`, none, or unreadable) out of
+    the way, with its encoder_validation.json, and log one line: the runtime would refuse it beside the new graphs
+    (`gcomp complete` stops before any work), and it is a trained encoder, so renamed rather than deleted. An
+    encoder of these weights stays (it was trained against this very generator). Returns the new path or None."""
+    from ..engine.encoder import ENCODER_FILE
+
+    enc = out / ENCODER_FILE
+    if not enc.is_file():
+        return None
+    try:
+        theirs = read_metadata(enc, require=False).get(WEIGHTS_KEY)
+    except MetadataError:
+        theirs = "unreadable"
+    if theirs == wid:
+        return None
+    aside = enc.with_name(enc.name + STALE.format(theirs))
+    enc.replace(aside)
+    report = out / ENCODER_VALIDATION_FILE
+    if report.is_file():
+        report.replace(report.with_name(report.name + STALE.format(theirs)))
+    log(f"moved {enc} aside to {aside.name}: it was trained for another checkpoint (weights id {theirs}; this "
+        f"export's is {wid}), so the runtime would refuse it; train a new one with gcomp train-encoder")
+    return aside
 
 
 def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int = "dynamic", unroll: int = 1,
@@ -204,9 +243,11 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     """Export `checkpoint` (a .pt file or a run folder) into `out_dir`.
 
     Writes generator.onnx and step.onnx (float32 IO for every precision), validates them against the
-    PyTorch reference unless validate=False (validation.json; ValidationError on failure; an earlier export's
-    validation.json in out_dir is removed first, so an unvalidated export never carries a stale verdict), and with
-    trt=True builds generator.engine and step.engine. Returns
+    PyTorch reference unless validate=False (validation.json, naming the weights id and each file's sha256;
+    ValidationError on failure; an earlier export's validation.json in out_dir is removed first, so an unvalidated
+    export never carries a stale verdict), and with trt=True builds generator.engine and step.engine. An
+    encoder.onnx of another checkpoint in out_dir is moved aside (set_aside_stale_encoder, one line to `log`).
+    Returns
     {"files": [{"name", "path", "bytes", "seconds"}...], "paths": {name: path}, "validation": report or None,
      "engines": {name: header}}.
     recommend: the search settings the metadata recommends (`defaults`), as "iters=100,lr=3e-4" or a dict,
@@ -237,6 +278,7 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     # runtime could check): removed too; trt=True builds new ones.
     for name in ("generator.engine", "step.engine"):
         (out / name).unlink(missing_ok=True)
+    set_aside_stale_encoder(out, about[WEIGHTS_KEY], log)
     files: list[dict[str, Any]] = []
 
     def _record(name: str, path: Path, t0: float) -> None:

@@ -19,6 +19,17 @@
 
 Relative error is max|a - b| / max|b| over the whole output (b = reference): a per-element ratio blows up
 where the reference is ~0 (v entries, clipped z), while this stays a fraction of the output's scale.
+
+The reference is G and D with their weights rounded as the file stores them (storage_rounded) where the graph
+computes in fp32 but stores fewer bits (bf16): the rounding is then the same on both sides, so what is left is the
+export's own error, held to fp32's tolerances whatever the model's width. What the rounding itself costs (the
+rounded model vs the trained one, in PyTorch) is reported as info ("storage rounding" rows): it grows as a model
+narrows (fewer terms per sum to average the rounding out), and it is the precision's price, not an export error.
+fp16 computes in fp16, which no PyTorch reference reproduces, so it is checked against the trained model.
+
+The report (validation.json) names the weights id and the sha256 of each file it validated: the runtime
+(engine/backends/exported.check_validation) refuses a report that does not belong to the files beside it.
+validate_encoder does the same for encoder.onnx (encoder_validation.json).
 """
 from __future__ import annotations
 
@@ -29,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.backends.exported import GENERATOR_FILE, STEP_FILE, step_feed  # noqa: F401 (step_feed: re-exported)
+from ..engine.backends.exported import (ENCODER_INPUTS, ENCODER_OUTPUT, ENCODER_VALIDATION_FILE, GENERATOR_FILE,
+                                        HASHES_KEY, STEP_FILE, VALIDATION_FILE, WEIGHTS_KEY, file_sha256,
+                                        step_feed)  # noqa: F401 (step_feed: re-exported)
 from ..engine.masks import make_mask
 from .metadata import SEED_DEFAULTS
 
@@ -40,17 +53,19 @@ RELATIVE_ERROR = "max|onnx - torch| / max|torch| over the output"
 #:   w * sign(G(z) - y) flips sign on pixels where |G(z) - y| is within rounding, and the gradient is a sum
 #:   of +-dG/dz over thousands of pixels that mostly cancel, so it is the least accurate output:
 #:   measured 1e-3 to 4e-2 relative on v_out (DESIGN.md: ~1.4e-2 on the gradient); tolerance 1e-1.
-#: bf16: weights rounded to bf16 (8-bit mantissa, ~4e-3 per weight), compute fp32: the model itself
-#:   differs by that much, measured 1e-2 to 9e-2 on v_out; tolerance 2e-1.
+#: bf16: weights stored as bf16, compute fp32, checked against the bf16-rounded reference (storage_rounded): the
+#:   same fp32 arithmetic on the same weights, so fp32's tolerances. (Against the trained model the rounding alone
+#:   moves v_out by 1e-2 to 9e-2 and the trajectory step by up to 0.19 for a gf = df = 4 model: any fixed tolerance
+#:   there is a guess about the width; a narrow tiny model failed at 0.20008 > 0.2.)
 #: trajectory mean loss: measured <= 1e-3 for every precision; 3e-2 is ~4 standard errors of the
-#:   difference of two 50-step means of independent +-4% oscillations; bf16 5e-2 for its larger model error.
+#:   difference of two 50-step means of independent +-4% oscillations.
+#: encoder.onnx: its z (a forward pass ending in tanh, like G's image) gets the precision's image tolerance.
+_FP32 = {"image": 1e-4, "loss": 1e-4, "z_out": 1e-4, "v_out": 1e-4, "trajectory_step": 1e-4, "trajectory_mean_loss": 3e-2}
 TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"image": 1e-4, "loss": 1e-4, "z_out": 1e-4, "v_out": 1e-4,
-             "trajectory_step": 1e-4, "trajectory_mean_loss": 3e-2},
+    "fp32": _FP32,
     "fp16": {"image": 1e-2, "loss": 1e-2, "z_out": 5e-2, "v_out": 1e-1,
              "trajectory_step": 1e-1, "trajectory_mean_loss": 3e-2},
-    "bf16": {"image": 5e-2, "loss": 5e-2, "z_out": 1e-1, "v_out": 2e-1,
-             "trajectory_step": 2e-1, "trajectory_mean_loss": 5e-2},
+    "bf16": dict(_FP32),
 }
 TRAJECTORY_STEPS = 50
 KINK_MARGIN = 1e-3
@@ -63,6 +78,11 @@ class ValidationError(RuntimeError):
     def __init__(self, message: str, report: dict[str, Any]):
         super().__init__(message)
         self.report = report
+
+
+class EncoderValidationError(ValidationError, ValueError):
+    """An encoder.onnx whose z differs from the PyTorch encoder's by more than the tolerance. Also a ValueError,
+    so that `gcomp train-encoder` (which reports ValueErrors as one `error:` line) says so in one line."""
 
 
 def errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -120,6 +140,72 @@ def example_inputs(cfg, batch: int, seed: int = 0):
     return z, v, y, w, f32(SEED_DEFAULTS["lr"]), f32(SEED_DEFAULTS["momentum"]), f32(SEED_DEFAULTS["lam"])
 
 
+def per_out_channel(s):
+    """A per-output-channel scale shaped for a conv's weight [out, in, k, k]."""
+    return s[:, None, None, None]
+
+
+def storage_rounded(G, D, precision: str):
+    """(G, D) as the export of `precision` stores them, for a reference that rounds as the file does: copies whose
+    BatchNorm-folded weights and biases are rounded to the storage dtype (train.adjoint.PRECISIONS) where it differs
+    from the compute dtype (bf16); otherwise G and D themselves. The layers as train.adjoint._Folded folds them."""
+    import copy
+
+    from ..train.adjoint import PRECISIONS
+
+    compute, storage = PRECISIONS[precision]
+    if storage == compute:
+        return G, D
+    G, D = copy.deepcopy(G).eval(), copy.deepcopy(D).eval()
+    layers = [(G.fc, G.bn0, lambda s: s.repeat_interleave(16)[:, None])]  # G's fc: [C0 * 16, zdim]
+    layers += [(d, bn, lambda s: s[None, :, None, None]) for d, bn in zip(G.deconvs, G.bns)]  # [in, out, k, k]
+    layers += [(G.deconvs[-1], None, None), (D.convs[0], None, None), (D.fc, None, None)]  # no BatchNorm after
+    layers += [(c, bn, per_out_channel) for c, bn in zip(D.convs[1:], D.bns)]
+    round_folded(layers, storage)
+    return G, D
+
+
+def round_folded(layers, storage) -> None:
+    """Round each (layer, BatchNorm after it or None, how its scale broadcasts over the weight) in place so that
+    folding the BatchNorm into the layer (w * s, bias t = beta - mean * s, s = gamma / sqrt(var + eps), in float64,
+    as an exporter does) gives values rounded to `storage` (to fp32 precision), while PyTorch still runs the
+    unfolded layers: w' = round(w * s) / s and beta' = round(t) + mean * s; a layer without BatchNorm is rounded
+    as it is. (Layers with BatchNorm have no bias of their own in gcomp's models.)"""
+    import torch
+
+    from ..train.adjoint import _bn_scale_shift
+
+    rnd = lambda t: t.double().to(storage).double()  # noqa: E731 (float64 -> storage, as _Folded._buf rounds)
+    with torch.no_grad():
+        for layer, bn, per_out in layers:
+            if bn is None:
+                layer.weight.copy_(rnd(layer.weight))
+                if layer.bias is not None:
+                    layer.bias.copy_(rnd(layer.bias))
+                continue
+            s, t = _bn_scale_shift(bn)
+            sb, w = per_out(s), layer.weight.double()
+            layer.weight.copy_(torch.where(sb != 0, rnd(w * sb) / sb, w))  # s = 0: the folded weight is 0 anyway
+            bn.bias.copy_(rnd(t) + bn.running_mean.double() * s)
+
+
+def hashes(*paths: Path) -> dict[str, str]:
+    """{file name: sha256} of the files a report validated (the runtime matches them to the files beside it)."""
+    return {Path(p).name: file_sha256(p) for p in paths}
+
+
+def write_report(path: Path, report: dict[str, Any], raise_on_failure: bool, what: str,
+                 error: type[ValidationError] = ValidationError) -> dict[str, Any]:
+    """Write the report; with raise_on_failure, a failed one raises `error` with the digits that decide."""
+    Path(path).write_text(json.dumps(report, indent=2))
+    if raise_on_failure and not report["ok"]:
+        bad = [r for r in report["checks"] if not r["ok"]]
+        lines = ", ".join(f"{r['name']}: relative error {r['max_rel']:.5g} > tolerance {r['tol']:.5g} "  # digits that decide (0.20008 > 0.2)
+                          f"(max abs {r['max_abs']:.3g})" for r in bad)
+        raise error(f"{what} failed ({report['precision']}): {lines}", report)
+    return report
+
+
 def _row(name: str, a, b, tol: float | None) -> dict[str, Any]:
     abs_err, rel_err = errors(a, b)
     ok = True if tol is None else bool(rel_err <= tol and math.isfinite(rel_err))
@@ -128,7 +214,8 @@ def _row(name: str, a, b, tol: float | None) -> dict[str, Any]:
 
 def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", batch_size: int = 4, seed: int = 0,
                     trajectory_steps: int = TRAJECTORY_STEPS, raise_on_failure: bool = True) -> dict[str, Any]:
-    """Validate out_dir/generator.onnx and out_dir/step.onnx; write out_dir/validation.json; return the report."""
+    """Validate out_dir/generator.onnx and out_dir/step.onnx against G and D (as the file stores them: see
+    storage_rounded); write out_dir/validation.json, naming the weights id and the files' sha256; return the report."""
     import torch
 
     from ..engine.search import SearchParams
@@ -146,6 +233,8 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
         batch_size = meta["batch"]
     G.eval()
     D.eval()
+    trained = G, D
+    G, D = storage_rounded(G, D, precision)  # the reference from here on
 
     z, v, y, w, lr, mom, lam = example_inputs(cfg, batch_size, seed)
     with torch.no_grad():
@@ -173,6 +262,8 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
     rows.append(_row("loss", loss, ref_loss.numpy(), tol["loss"]))
     rows.append(_row("z_out", zo, zr.numpy(), tol["z_out"]))
     rows.append(_row("v_out", vo, vr.numpy(), tol["v_out"]))
+    if trained[0] is not G:
+        rows += _rounding_rows(trained, (G, D), z, v, y, w, check_lr, float(mom), float(lam))
 
     # -- 50 steps of engine.reference.search from z0, and the same loop through ONNX Runtime ------------
     # The loss is piecewise smooth (|.|, ReLU masks), so rounding differences of 1e-7 flip a kink now and
@@ -230,6 +321,10 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
 
     report = {
         "precision": precision,
+        WEIGHTS_KEY: meta.get(WEIGHTS_KEY),
+        HASHES_KEY: hashes(gen_path, step_path),
+        "reference": "PyTorch (train/reference.py, autograd)" + (
+            f", weights rounded to {precision} as the file stores them" if trained[0] is not G else ""),
         "unroll": unroll,
         "batch_size": batch_size,
         "check_lr": check_lr,
@@ -241,14 +336,67 @@ def validate_export(out_dir: str | Path, G, D, cfg, precision: str = "fp32", bat
         "checks": rows,
         "ok": all(r["ok"] for r in rows),
     }
-    (out / "validation.json").write_text(json.dumps(report, indent=2))
-    if raise_on_failure and not report["ok"]:
-        bad = [r for r in rows if not r["ok"]]
-        lines = ", ".join(f"{r['name']}: relative error {r['max_rel']:.5g} > tolerance {r['tol']:.5g} "  # digits that decide (0.20008 > 0.2)
-                          f"(max abs {r['max_abs']:.3g})" for r in bad)
-        raise ValidationError(f"validation failed ({precision}): {lines}", report)
-    return report
+    return write_report(out / VALIDATION_FILE, report, raise_on_failure, "validation")
 
+
+def _rounding_rows(trained, rounded, z, v, y, w, lr: float, momentum: float, lam: float) -> list[dict[str, Any]]:
+    """What storing the weights in fewer bits costs, in PyTorch: the rounded model's image and one step's v (the
+    gradient) against the trained model's. Info, not checked: the precision's price, which grows as the model
+    narrows, not an error of the export."""
+    import torch
+
+    from ..train.reference import loss_and_grad, momentum_step
+
+    with torch.no_grad():
+        images = [m[0](z).numpy() for m in (rounded, trained)]
+    vs = [momentum_step(z, v, loss_and_grad(*m, z, y, w, lam)[1], lr, momentum)[1].numpy() for m in (rounded, trained)]
+    return [_row("storage rounding: image (info)", *images, None), _row("storage rounding: v_out (info)", *vs, None)]
+
+
+
+ENCODER_MASKS = ("center", "random", "left", "pattern")  # one image each: the encoder sees every kind in training
+
+
+def validate_encoder(path: str | Path, E, precision: str = "fp32", trained=None, seed: int = 0,
+                     raise_on_failure: bool = True) -> dict[str, Any]:
+    """Validate encoder.onnx against the PyTorch encoder E (as the file stores it; `trained`: the encoder before
+    that rounding, for the info row) on U[-1, 1] images under one mask of each of ENCODER_MASKS; write
+    encoder_validation.json beside it (weights ids, sha256); return the report. The tolerance on z is the
+    precision's image tolerance (both are a forward pass ending in tanh)."""
+    import torch
+
+    from .metadata import read_metadata
+
+    path = Path(path)
+    check_onnx(path)
+    meta = read_metadata(path, require=False)
+    cfg = E.cfg
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(len(ENCODER_MASKS), cfg.channels, cfg.size, cfg.size, generator=g) * 2 - 1
+    rng = np.random.default_rng(seed)
+    mask = torch.from_numpy(np.stack([make_mask(k, cfg.size, rng=rng) for k in ENCODER_MASKS])[:, None])
+    out = session(path).run([ENCODER_OUTPUT], dict(zip(ENCODER_INPUTS, (image.numpy(), mask.numpy()))))[0]
+    with torch.no_grad():
+        ref = E.eval()(image, mask).numpy()
+        rows = [_row("z", out, ref, TOLERANCES[precision]["image"])]
+        if trained is not None and trained is not E:
+            rows.append(_row("storage rounding: z (info)", ref, trained.eval()(image, mask).numpy(), None))
+    report = {
+        "precision": precision,
+        WEIGHTS_KEY: meta.get(WEIGHTS_KEY),
+        "encoder_weights_id": meta.get("encoder_weights_id"),
+        HASHES_KEY: hashes(path),
+        "reference": "PyTorch (train/encoder.py Encoder)" + (
+            f", weights rounded to {precision} as the file stores them" if trained is not None and trained is not E else ""),
+        "batch_size": len(ENCODER_MASKS),
+        "inputs": f"image ~ U[-1,1], one {'/'.join(ENCODER_MASKS)} mask each, seed {seed}",
+        "relative_error": RELATIVE_ERROR,
+        "onnx_checker": "ok",
+        "checks": rows,
+        "ok": all(r["ok"] for r in rows),
+    }
+    return write_report(path.parent / ENCODER_VALIDATION_FILE, report, raise_on_failure, "encoder validation",
+                        EncoderValidationError)
 
 
 def format_table(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

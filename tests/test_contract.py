@@ -45,8 +45,29 @@ def test_a_failed_validation_is_refused_unless_allowed(bundled_copy, tmp_path):
         open_model(bundled_copy)
     with open_model(bundled_copy, allow_unvalidated=True) as m:
         assert any(n.startswith("warning:") for n in m.notes)
-    (bundled_copy / "validation.json").write_text(json.dumps({"ok": True}))
-    open_model(bundled_copy).close()
+    (bundled_copy / "validation.json").write_text(json.dumps({"ok": True}))  # an older gcomp's: it names no files
+    with open_model(bundled_copy) as m:
+        assert [n for n in m.notes if n.startswith("warning:") and "names no file hashes" in n]
+
+
+def test_a_report_about_other_files_is_refused_unless_allowed(bundled_copy, tmp_path):
+    """A report names the sha256 of each file it validated; one copied beside other files proves nothing about them."""
+    from gcomp.engine.backends.exported import file_sha256
+
+    src = tmp_path / "in"
+    make_faces(src, n=1, size=64)
+    ours = {n: file_sha256(bundled_copy / n) for n in ("generator.onnx", "step.onnx")}
+    (bundled_copy / "validation.json").write_text(json.dumps({"ok": True, "weights_id": "0123456789abcdef",
+                                                              "sha256": {**ours, "step.onnx": "0" * 64}}))
+    line = _one_line_refusal(src, tmp_path / "out", bundled_copy, "this report is about other files")
+    assert str(bundled_copy / "validation.json") in line and "step.onnx is not the file it validated" in line
+    assert "weights id 0123456789abcdef in the report" in line and "--allow-unvalidated" in line
+    r = runner.invoke(app, ["complete", str(src), str(tmp_path / "out"), "--model", str(bundled_copy), "--iters", "1",
+                            "--no-progress", "--allow-unvalidated"])
+    assert r.exit_code == 0 and "warning:" in r.stderr and "about other files" in r.stderr, r.output
+    (bundled_copy / "validation.json").write_text(json.dumps({"ok": True, "sha256": ours}))  # theirs: accepted
+    with open_model(bundled_copy) as m:
+        assert not [n for n in m.notes if "validation" in n]
 
 
 def test_graphs_or_an_encoder_from_another_checkpoint_are_refused(bundled_copy, tmp_path):

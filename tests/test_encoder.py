@@ -37,6 +37,48 @@ def test_encoder_learns_and_exports(with_encoder):
     assert (out / "encoder.onnx").is_file()
 
 
+def test_encoder_is_exported_like_the_graphs_and_validated(with_encoder):
+    """torch.onnx's dynamo exporter at the step graph's opset (not TorchScript at 17), a 'batch' axis, documented
+    inputs and output, and a validation report against the PyTorch encoder that names the file's sha256."""
+    import onnx
+
+    from gcomp.engine.backends.exported import file_sha256
+    from gcomp.export.metadata import read_metadata
+
+    out, _ = with_encoder
+    enc, step = onnx.load(str(out / "encoder.onnx")), onnx.load(str(out / "step.onnx"))
+    opset = lambda m: [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")]  # noqa: E731
+    assert opset(enc) == opset(step) == [18] and enc.ir_version == step.ir_version
+    meta = read_metadata(enc)
+    assert meta["opset"] == 18 and meta["exporter"].startswith("torch.onnx dynamo")
+    dims = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    assert [(vi.name, dims(vi)) for vi in enc.graph.input] == [("image", ["batch", 3, 32, 32]), ("mask", ["batch", 1, 32, 32])]
+    assert [(vi.name, dims(vi)) for vi in enc.graph.output] == [("z", ["batch", 16])]
+    docs = {vi.name: vi.doc_string for vi in list(enc.graph.input) + list(enc.graph.output)}
+    assert "uint8 / 127.5 - 1" in docs["image"] and "1 = known pixel, 0 = hole" in docs["mask"]
+    assert "iters 0" in docs["z"] and "the encoder's latent, then the blend" in docs["z"]
+    report = json.loads((out / "encoder_validation.json").read_text())
+    assert report["ok"] and report["sha256"] == {"encoder.onnx": file_sha256(out / "encoder.onnx")}
+    assert report["weights_id"] == meta["weights_id"] and report["encoder_weights_id"] == meta["encoder_weights_id"]
+    (row,) = report["checks"]
+    assert row["name"] == "z" and row["tol"] == 1e-4 and row["max_rel"] <= 1e-4
+
+
+def test_a_reexport_of_the_same_checkpoint_keeps_its_encoder(with_encoder, tiny_ckpt, tmp_path):
+    """Only an encoder of another checkpoint is moved aside (test_export); this one was trained for these weights."""
+    import shutil
+
+    from gcomp.export import export_model
+
+    out, _ = with_encoder
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    said = []
+    export_model(tiny_ckpt, again, precision="fp16", validate=False, log=said.append)
+    assert (again / "encoder.onnx").read_bytes() == (out / "encoder.onnx").read_bytes()
+    assert (again / "encoder_validation.json").is_file() and not [m for m in said if "encoder" in m]
+
+
 def test_complete_starts_from_the_encoder(with_encoder, tmp_path):
     out, faces = with_encoder
     src = faces[0].parent
@@ -108,6 +150,11 @@ def test_encoder_metadata_states_storage_weights_and_settings(with_encoder, tiny
     types = {t.data_type for t in onnx.load(str(path)).graph.initializer}
     assert onnx.TensorProto.BFLOAT16 in types and onnx.TensorProto.FLOAT16 not in types
     assert read_metadata(path, require=False)["precision"] == "bf16"
+    # validated against the encoder as stored (bf16-rounded weights, fp32 compute); the rounding's cost as info
+    report = json.loads((tmp_path / "encoder_validation.json").read_text())
+    rows = {r["name"]: r for r in report["checks"]}
+    assert report["ok"] and report["precision"] == "bf16" and rows["z"]["max_rel"] <= rows["z"]["tol"] == 1e-4
+    assert rows["storage rounding: z (info)"]["tol"] is None and rows["storage rounding: z (info)"]["max_rel"] > 0
     from gcomp.engine.backends.base import ModelInfo
     from gcomp.engine.encoder import Encoder
 
@@ -117,6 +164,27 @@ def test_encoder_metadata_states_storage_weights_and_settings(with_encoder, tiny
     z16 = Encoder(path, info)(y, k)
     z32 = Encoder(out / "encoder.onnx", info)(y, k)
     assert np.abs(z16 - z32).max() < 5e-2  # bf16 storage (8-bit mantissa), fp32 compute
+
+
+def test_an_encoder_report_about_another_encoder_is_refused(with_encoder, tmp_path):
+    """encoder_validation.json names encoder.onnx's sha256: a report copied from another encoder (here the bf16
+    export of the same encoder.pt) beside it is refused, with one line naming the report."""
+    import shutil
+
+    from gcomp.engine.backends import BackendError
+    from gcomp.engine.api import open_model
+    from gcomp.export.encoder import export_encoder
+
+    out, _ = with_encoder
+    model = tmp_path / "model"
+    shutil.copytree(out, model)
+    other = export_encoder(out / "encoder.pt", tmp_path / "bf16", "bf16")
+    shutil.copy(other.parent / "encoder_validation.json", model / "encoder_validation.json")
+    with pytest.raises(BackendError) as e:
+        open_model(model)
+    line = str(e.value)
+    assert line.startswith(str(model / "encoder_validation.json")) and "encoder.onnx is not the file it validated" in line
+    assert "\n" not in line
 
 
 def _files(folder):

@@ -132,6 +132,71 @@ def test_validation_report_covers_every_output_and_a_50_step_trajectory(fp32):
         assert names[n]["max_rel"] <= 1e-4 and names[n]["tol"] == 1e-4
 
 
+def test_graph_inputs_and_outputs_carry_doc_strings(fp32):
+    """Each input and output says what it is, readable with onnx alone (no gcomp)."""
+    docs = {}
+    for name in ("generator", "step"):
+        g = onnx.load(str(fp32 / f"{name}.onnx")).graph
+        docs[name] = {vi.name: vi.doc_string for vi in list(g.input) + list(g.output)}
+        assert all(len(d) > 20 for d in docs[name].values()), docs[name]
+    step, gen = docs["step"], docs["generator"]
+    assert "uint8 / 127.5 - 1" in gen["image"] and "[-1, 1]" in gen["image"] and "RGB, NCHW" in gen["image"]
+    assert "uint8 / 127.5 - 1" in step["y"] and "1 = known pixel, 0 = hole" in step["w"]
+    assert "v' = momentum * v - lr * dL/dz" in step["z_out"] and "clip(" in step["z_out"] and "softplus" in step["z_out"]
+    assert "learning rate" in step["lr"] and "momentum" in step["momentum"] and "softplus(-D(G(z)))" in step["lam"]
+    assert "zeros at a search's start" in step["v"] and "before the first" in step["loss"]
+
+
+def test_the_report_names_the_weights_and_the_files_it_validated(fp32, fp16, tmp_path):
+    """validation.json carries the weights id and each file's sha256, so a passing report copied beside other files
+    (here: a failed fp16 export) is refused with one line naming it, while a fresh export opens with no warning."""
+    import shutil
+
+    import gcomp
+    from gcomp.engine.backends import BackendError
+    from gcomp.engine.backends.exported import file_sha256
+
+    report = json.loads((fp32 / "validation.json").read_text())
+    assert report["weights_id"] == md.read_metadata(fp32 / "step.onnx")["weights_id"]
+    assert report["sha256"] == {n: file_sha256(fp32 / n) for n in ("generator.onnx", "step.onnx")}
+    with gcomp.open_model(fp32) as model:  # a fresh export passes
+        assert not [n for n in model.notes if "validation" in n]
+    failed = tmp_path / "failed-fp16"
+    shutil.copytree(fp16[0], failed)
+    theirs = json.loads((failed / "validation.json").read_text())
+    (failed / "validation.json").write_text(json.dumps({**theirs, "ok": False}))  # as a failed export leaves it
+    with pytest.raises(BackendError, match="failed its validation"):
+        gcomp.open_model(failed)
+    shutil.copy(fp32 / "validation.json", failed / "validation.json")  # someone "fixes" it with a passing report
+    with pytest.raises(BackendError) as e:
+        gcomp.open_model(failed)
+    line = str(e.value)
+    assert "\n" not in line and str(failed / "validation.json") in line and "about other files" in line
+    assert "generator.onnx is not the file it validated" in line and "--allow-unvalidated" in line
+    with gcomp.open_model(failed, allow_unvalidated=True) as model:
+        assert [n for n in model.notes if n.startswith("warning:") and "about other files" in n]
+
+
+def test_a_metadata_only_change_keeps_the_report_a_weights_change_does_not(fp32, tmp_path):
+    """write_metadata (a new recommendation, say) leaves graph and weights as validated: the report follows the file.
+    A write that changes what the file claims to be (its weights id) leaves the report behind, and it is refused."""
+    import shutil
+
+    import gcomp
+    from gcomp.engine.backends import BackendError
+    from gcomp.engine.backends.exported import file_sha256
+
+    out = tmp_path / "copy"
+    shutil.copytree(fp32, out)
+    md.write_metadata(out / "step.onnx", {"defaults": {**md.RECOMMENDED, "iters": 7}, "license": "CC0"})
+    assert json.loads((out / "validation.json").read_text())["sha256"]["step.onnx"] == file_sha256(out / "step.onnx")
+    with gcomp.open_model(out) as model:
+        assert not [n for n in model.notes if "validation" in n]
+    md.write_metadata(out / "generator.onnx", {"weights_id": "0123456789abcdef"})
+    with pytest.raises(BackendError, match="generator.onnx is not the file it validated.*0123456789abcdef in the file"):
+        gcomp.open_model(out)
+
+
 def test_onnx_step_matches_pytorch_fp32(fp32, models):
     G, D = models
     sess = session(fp32 / "step.onnx")
@@ -304,7 +369,9 @@ def test_cli_validation_failure_exits_1(ckpt, tmp_path, monkeypatch):
 def test_a_reexport_leaves_no_stale_validation_or_engines(fp32, ckpt, tmp_path):
     """validation.json describes the graphs it was written with: a re-export with --no-validate into the same folder
     removes it, so the runtime treats the new graphs as unvalidated (as a fresh export's), neither trusting an old
-    "ok": true nor refusing them for an old "ok": false."""
+    "ok": true nor refusing them for an old "ok": false. An encoder.onnx of another checkpoint is moved aside."""
+    import shutil
+
     from typer.testing import CliRunner
 
     import gcomp
@@ -316,12 +383,57 @@ def test_a_reexport_leaves_no_stale_validation_or_engines(fp32, ckpt, tmp_path):
     (out / "validation.json").write_text(json.dumps({**stale, "ok": False}))
     for name in ("generator.engine", "step.engine"):  # an earlier export's TensorRT engines: stale as well
         (out / name).write_bytes(b"an engine built from other graphs")
+    # and an encoder trained for another checkpoint, which the runtime would refuse beside the new graphs
+    shutil.copy(fp32 / "generator.onnx", out / "encoder.onnx")
+    md.write_metadata(out / "encoder.onnx", {"gcomp_kind": "encoder", "weights_id": "0123456789abcdef"})
+    (out / "encoder_validation.json").write_text("{}")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--out", str(out), "--no-validate"])
     assert r.exit_code == 0, r.output
     assert not (out / "validation.json").exists()
     assert not (out / "generator.engine").exists() and not (out / "step.engine").exists()
+    said = [line for line in r.output.splitlines() if "encoder" in line]
+    assert len(said) == 1 and said[0].startswith(f"moved {out / 'encoder.onnx'} aside") and "0123456789abcdef" in said[0]
+    assert not (out / "encoder.onnx").exists() and (out / "encoder.onnx.stale-0123456789abcdef").is_file()
+    assert (out / "encoder_validation.json.stale-0123456789abcdef").is_file()
     with gcomp.open_model(out) as model:  # not refused on another export's verdict
         assert not [n for n in model.notes if "validation" in n]
+
+
+def test_bf16_of_a_narrow_model_is_validated_against_its_rounded_weights(tmp_path):
+    """bf16 stores the weights rounded to 8 mantissa bits and computes in fp32. Against the trained model, that
+    rounding alone moved a gf = df = 4 model's trajectory step by ~0.19-0.2 (it failed at 0.20008 > 0.2): the check
+    measured the width, not the export. The reference now rounds as the file does, so the export is held to fp32's
+    tolerances and the rounding's cost is reported as info."""
+    from gcomp.export import validate
+
+    cfg = ModelConfig(size=32, gf=4, df=4, zdim=16)
+    torch.manual_seed(0)
+    G, D = build(cfg)
+    calibrate_batchnorm(torch, G, D, cfg)
+    ck = checkpoint.save(tmp_path / "narrow.pt", cfg, G, D)
+    report = export_model(ck, tmp_path / "bf16", precision="bf16")["validation"]
+    rows = {r["name"]: r for r in report["checks"]}
+    assert report["ok"] and "rounded to bf16" in report["reference"]
+    for name, key in (("image", "image"), ("v_out", "v_out"), ("trajectory step", "trajectory_step")):
+        assert rows[name]["tol"] == validate.TOLERANCES["fp32"][key] and rows[name]["max_rel"] <= rows[name]["tol"]
+    # what the rounding costs this model: far above fp32's tolerance, hence the rounded reference
+    assert rows["storage rounding: v_out (info)"]["tol"] is None
+    assert rows["storage rounding: v_out (info)"]["max_rel"] > 1e-3 and rows["storage rounding: image (info)"]["max_rel"] > 1e-4
+
+
+def test_storage_rounded_reference_folds_to_the_stored_weights(models):
+    """The bf16 reference's folded weights are the bf16 values the export stores (to fp32 precision)."""
+    from gcomp.export.validate import storage_rounded
+    from gcomp.train.adjoint import _Folded
+
+    G, D = models
+    Gr, Dr = storage_rounded(G, D, "bf16")
+    assert storage_rounded(G, D, "fp32") == (G, D) and storage_rounded(G, D, "fp16") == (G, D)
+    stored = dict(_Folded(G, D, torch.float32, torch.bfloat16).named_buffers())
+    ref = dict(_Folded(Gr, Dr, torch.float32, torch.float32).named_buffers())
+    for name, t in stored.items():
+        assert errors(ref[name].numpy(), t.float().numpy())[1] < 1e-6, name
+    assert errors(G.fc.weight.detach().numpy(), Gr.fc.weight.detach().numpy())[1] > 1e-4  # a rounded copy, G untouched
 
 
 def test_bad_checkpoints(tmp_path, ckpt):

@@ -117,11 +117,11 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
     if name == "torch":
         check_torch_model(model)
     fmt = next(f for f in FORMATS if f.name == name)
-    warning = None
+    warnings = []
     if name != "torch":  # gcomp export's files: the path must name the graphs, and their validation must have passed
         from .exported import check_model_path, check_validation
 
-        warning = check_validation(check_model_path(model, fmt.suffixes), allow_unvalidated)
+        warnings = check_validation(check_model_path(model, fmt.suffixes), allow_unvalidated)
     if name == "tensorrt":
         device = "cuda" if device == "cpu" else device
     if device.split(":")[0] not in [d.strip() for d in fmt.devices.split(",")]:
@@ -136,8 +136,7 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
         named = ", ".join(f"{k}=" if k in API_ONLY else "--" + k.replace("_", "-") for k in wrong)
         raise BackendError(f"{named} does not apply to the {name} backend{chose}")
     be = cls(model, device=device, **options)
-    if warning:
-        be.notes.append(warning)
+    be.notes.extend(warnings)
     if why and name == "openvino":  # the one choice a user might not expect
         be.notes.append(f"--backend auto: {why}")
     if options.get("cuda_graph") is not None and not device.startswith("cuda"):  # taken, but does nothing here

@@ -15,8 +15,45 @@ GENERATOR_FILE, STEP_FILE = "generator.onnx", "step.onnx"
 STEP_INPUTS = ("z", "v", "y", "w", "lr", "momentum", "lam")
 STEP_OUTPUTS = ("z_out", "v_out", "loss")
 GENERATOR_INPUT, GENERATOR_OUTPUT = "z", "image"
+#: the encoder's inputs (image [B, C, H, W], mask [B, 1, H, W]) and output (z [B, zdim])
+ENCODER_INPUTS, ENCODER_OUTPUT = ("image", "mask"), "z"
 #: metadata key of the hash of the weights a file was exported from (generator, step, encoder must agree)
 WEIGHTS_KEY = "weights_id"
+
+# What each graph input and output is, stored as its ONNX doc_string, so a runtime without gcomp can read the
+# contract off the file (onnx.load(path).graph.input[i].doc_string).
+_IMAGE = ("in [-1, 1], RGB, NCHW, float32: x = uint8 / 127.5 - 1, back to 8 bits as "
+          "uint8 = clip(floor((x + 1) * 127.5 + 0.5), 0, 255)")
+_LOSS = "L(z) = sum over pixels |w * (G(z) - y)| + lam * softplus(-D(G(z))), per image"
+_UPDATE = ("each of the K steps (metadata unroll): v' = momentum * v - lr * dL/dz; "
+           "z' = clip(z - momentum * v + (1 + momentum) * v', -1, 1), with " + _LOSS)
+IO_DOCS: dict[str, dict[str, str]] = {
+    "generator": {
+        "z": "latent [batch, zdim] in [-1, 1]",
+        "image": f"G(z) [batch, C, H, W] {_IMAGE}",
+    },
+    "step": {
+        "z": "latent [batch, zdim] in [-1, 1]: at a search's start the encoder's z (clipped to [-1, 1]) or "
+             "uniform random, then the previous call's z_out",
+        "v": "momentum buffer [batch, zdim]: zeros at a search's start, then the previous call's v_out",
+        "y": f"target image [batch, C, H, W] {_IMAGE}; only pixels with w > 0 count",
+        "w": "per-pixel weight of the contextual loss [batch, 1 or C, H, W] (one mask for all channels or one per "
+             "channel): 1 = known pixel, 0 = hole to fill (mask files: white = fill); fractional for a weighted loss",
+        "lr": "learning rate, 0-d (the model's recommendation: metadata defaults.lr)",
+        "momentum": "momentum, 0-d (metadata defaults.momentum)",
+        "lam": "weight of the perceptual term lam * softplus(-D(G(z))), 0-d (metadata defaults.lam)",
+        "z_out": f"z after K steps [batch, zdim]: {_UPDATE}",
+        "v_out": "v after K steps [batch, zdim] (v' of the update rule; feed it back as v)",
+        "loss": f"each image's loss [batch] at the input z, before the first of the K steps: {_LOSS}",
+    },
+    "encoder": {
+        "image": f"target image [batch, C, H, W] {_IMAGE}; hole pixels are ignored (multiplied by mask)",
+        "mask": "[batch, 1, H, W]: 1 = known pixel, 0 = hole to fill (mask files: white = fill)",
+        "z": "the search's starting latent [batch, zdim] (tanh; the runtime clips it to [-1, 1]). Where the "
+             "model recommends iters 0 (metadata defaults.iters) this is the answer: the encoder's latent, then "
+             "the blend of G(z) into the known pixels, with no search step",
+    },
+}
 
 
 def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
@@ -27,7 +64,12 @@ def step_feed(z, v, y, w, lr, momentum, lam) -> dict[str, np.ndarray]:
                                   np.array(lr, f32), np.array(momentum, f32), np.array(lam, f32))))
 
 
-VALIDATION_FILE = "validation.json"
+VALIDATION_FILE = "validation.json"  # gcomp export's report on generator.onnx and step.onnx
+ENCODER_VALIDATION_FILE = "encoder_validation.json"  # gcomp train-encoder's report on encoder.onnx
+REPORT_FILES = (VALIDATION_FILE, ENCODER_VALIDATION_FILE)
+#: a report's key for the sha256 of each file it validated ({file name: hex digest}): a verdict about other files
+#: (a report copied from another export, graphs replaced after it) must not pass for one about these
+HASHES_KEY = "sha256"
 
 
 def check_model_path(model: str | Path, suffixes: tuple[str, ...] = (".onnx",)) -> Path:
@@ -45,26 +87,70 @@ def check_model_path(model: str | Path, suffixes: tuple[str, ...] = (".onnx",)) 
     return p.parent
 
 
-def check_validation(folder: Path, allow_unvalidated: bool = False) -> str | None:
-    """Refuse an export whose validation failed (validation.json beside the graphs says "ok": false), unless
-    allow_unvalidated: then a warning line is returned. No validation.json (an export run with --no-validate,
-    or one made before validation existed): accepted."""
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_report(path: Path) -> dict:
     import json
 
-    path = Path(folder) / VALIDATION_FILE
-    if not path.is_file():
-        return None
     try:
-        ok = json.loads(path.read_text()).get("ok")
-    except (OSError, ValueError, AttributeError) as e:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
         raise BackendError(f"{path}: unreadable validation report ({type(e).__name__}); re-export the model") from None
-    if ok is not False:
-        return None
-    if allow_unvalidated:
-        return (f"warning: {path} says this export failed its validation against PyTorch; running it anyway "
-                f"(--allow-unvalidated)")
-    raise BackendError(f"{path}: this export failed its validation against PyTorch (\"ok\": false); re-export it, "
-                       f"or pass --allow-unvalidated (allow_unvalidated=True) to run it anyway")
+    hashes = report.get(HASHES_KEY, {}) if isinstance(report, dict) else None
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise BackendError(f"{path}: unreadable validation report (not a JSON object with a {HASHES_KEY} map); "
+                           f"re-export the model")
+    return report
+
+
+def report_mismatch(path: Path, report: dict) -> str | None:
+    """Why the report at `path` is not about the files beside it (a file it names differs from the one it
+    validated), or None. A named file that is absent is not this check's business (the backend says it is
+    missing; a report left beside a removed encoder.onnx describes nothing)."""
+    for name, digest in sorted(report.get(HASHES_KEY, {}).items()):
+        f = path.parent / name
+        actual = file_sha256(f) if f.is_file() else digest
+        if actual != digest:
+            ids = f"weights id {report.get(WEIGHTS_KEY)} in the report, {onnx_metadata(f).get(WEIGHTS_KEY)} in the file"
+            return f"{name} is not the file it validated (sha256 {actual[:12]}..., the report's {digest[:12]}...; {ids})"
+    return None
+
+
+def check_validation(folder: Path, allow_unvalidated: bool = False) -> list[str]:
+    """Refuse an export whose validation failed (a report beside the files says "ok": false) or whose report
+    belongs to other files (the sha256 it names differ from the files'), unless allow_unvalidated: then one
+    warning line each is returned. No report (an export run with --no-validate, or from before validation):
+    accepted. A report naming no hashes (from an older gcomp) cannot be matched: a passing one runs with a
+    warning line."""
+    warnings = []
+    for name in REPORT_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        report = read_report(path)
+        mismatch = report_mismatch(path, report)
+        if mismatch:
+            problem = f"this report is about other files: {mismatch}"
+        elif report.get("ok") is False:
+            problem = "this export failed its validation against PyTorch (\"ok\": false)"
+        else:
+            if HASHES_KEY not in report:
+                warnings.append(f"warning: {path} names no file hashes (an older gcomp's report), so it cannot "
+                                f"show that it validated these files; re-export the model to be sure")
+            continue
+        if not allow_unvalidated:
+            raise BackendError(f"{path}: {problem}; re-export it, or pass --allow-unvalidated "
+                               f"(allow_unvalidated=True) to run it anyway")
+        warnings.append(f"warning: {path}: {problem}; running it anyway (--allow-unvalidated)")
+    return warnings
 
 
 def model_files(model: str | Path, suffix: str = ".onnx") -> tuple[Path, Path]:
