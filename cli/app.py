@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from . import bench_cmd, complete_cmd, encoder_cmd, eval_cmd, export_cmd, train_cmd
+from .command import Command, with_aliases
 
 app = typer.Typer(
     name="gcomp",
@@ -32,12 +33,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-app.command("complete")(complete_cmd.complete)
-app.command("train")(train_cmd.train)
-app.command("bench")(bench_cmd.bench)
-app.command("eval")(eval_cmd.evaluate)
-app.command("export")(export_cmd.export)
-app.command("train-encoder")(encoder_cmd.train_encoder)
+app.command("complete", cls=Command)(complete_cmd.complete)
+app.command("train", cls=with_aliases(train_cmd.OLD_SPELLINGS))(train_cmd.train)
+app.command("bench", cls=Command)(bench_cmd.bench)
+app.command("eval", cls=Command)(eval_cmd.evaluate)
+app.command("export", cls=Command)(export_cmd.export)
+app.command("train-encoder", cls=Command)(encoder_cmd.train_encoder)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         typer.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except click.Abort:
+    except typer.Abort:  # not click.Abort: the vendored Click of newer Typer has none (typer.Abort is both)
         typer.echo("aborted", err=True)
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)  # a command's return value is not an exit status

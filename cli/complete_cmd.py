@@ -31,47 +31,47 @@ def _interrupted():
 def complete(
     input: Path = typer.Argument(..., metavar="INPUT", help="An image, or a folder (searched recursively)."),
     output: Path = typer.Argument(..., metavar="OUTPUT", help="Output folder (mirrors the input tree), or an image path for one input image."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled model", help="A checkpoint (.pt or run folder) or an export folder "
-                                         "(default: the bundled 64x64 face model, ONNX Runtime on CPU)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled 64x64 face model (ONNX Runtime on CPU)",
+                                         help="A checkpoint (.pt or run folder) or an export folder."),
     mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "
                              "grid[:step], lowres[:step], pattern[:fraction]; or a mask file / folder (white = fill). See Masks."),
-    iters: Optional[int] = typer.Option(None, "--iters", show_default="the model's", help="Search iterations per image: the model's recommendation, else the seed's 1000."),
+    iters: Optional[int] = typer.Option(None, "--iters", show_default="the model's, else the seed's 1000", help="Search iterations per image."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
     restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
     init: str = typer.Option("auto", "--init", help="Starting latent: auto (the model's encoder.onnx if it has one, else random), encoder, random."),
-    early_stop: Optional[int] = typer.Option(None, "--early-stop", show_default="the model's", help="Stop an image after N steps without improvement; 0 never (default: the model's recommendation, else never)."),
-    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (default: poisson:0.5, chosen by measurement), "
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", show_default="the model's, else 0 (never)", help="Stop an image after N steps without improvement; 0: never."),
+    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (poisson:0.5, chosen by measurement), "
                                         "poisson (leak-free Poisson blending of the seam), poisson:A (G's gradients weighted by A "
                                         "in [0, 1]; 0 = the harmonic fill, no GAN) or none (exact composite of G's pixels)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),
     backend: str = typer.Option("auto", "--backend", help="auto (by --model: .pt -> torch, export folder/.onnx -> onnxruntime, .engine -> tensorrt), torch, onnxruntime, openvino, tensorrt."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     optimizer: str = typer.Option("momentum", "--optimizer", help="momentum (the seed's projected Nesterov) or adam."),
-    lr: Optional[float] = typer.Option(None, "--lr", show_default="the model's", help="Step size (default: the model's recommended, else the seed's; adam: its own)."),
-    momentum: Optional[float] = typer.Option(None, "--momentum", show_default="the model's", help="Default: the model's recommended, else the seed's."),
-    lam: Optional[float] = typer.Option(None, "--lam", show_default="the model's", help="Weight of the perceptual (discriminator) loss (default: the model's, else the seed's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", show_default="the model's, else the seed's (adam: its own)", help="Step size."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", show_default="the model's, else the seed's", help="Momentum of the projected Nesterov step."),
+    lam: Optional[float] = typer.Option(None, "--lam", show_default="the model's, else the seed's", help="Weight of the perceptual (discriminator) loss."),
     weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (default: skip them)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (without it they are skipped)."),
     shard: Optional[str] = typer.Option(None, "--shard", show_default="all of it", help="K/N: complete only the K-th of N parts of the input."),
     save_progress: bool = typer.Option(False, "--save-progress", help="Write snapshot grids every 50 iterations of the search (OUTPUT/_gcomp_progress/batch_N/iter_K.png; none with 0 iterations)."),
     face: str = typer.Option("auto", "--face", help="auto: photos larger than the model are cropped around the face "
                              "OpenCV finds (mask kinds apply to that crop; no face: the whole image); off: never."),
-    threads: Optional[int] = typer.Option(None, "--threads", show_default="all cores", help="onnxruntime / openvino: CPU threads (default: all cores)."),
-    precision: Optional[str] = typer.Option(None, "--precision", show_default="the backend's", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16; "
-                                            "torch: fp32 (default), tf32 (CUDA) or bf16 (the fast path; see the README)."),
+    threads: Optional[int] = typer.Option(None, "--threads", show_default="all cores", help="onnxruntime / openvino: CPU threads."),
+    precision: Optional[str] = typer.Option(None, "--precision", show_default="openvino: auto, torch: fp32", help="openvino: auto (bf16 where the CPU has native bf16), fp32 or bf16; "
+                                            "torch: fp32, tf32 (CUDA) or bf16 (the fast path; see the README)."),
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", show_default="on", help="torch, onnxruntime, tensorrt on CUDA: "
-                                              "replay the search step as a captured CUDA graph (default: on)."),
-    streams: Optional[int] = typer.Option(None, "--streams", show_default="1", help="onnxruntime / openvino on CPU: split each batch across N concurrent requests (default 1)."),
+                                              "replay the search step as a captured CUDA graph."),
+    streams: Optional[int] = typer.Option(None, "--streams", show_default="1", help="onnxruntime / openvino on CPU: split each batch across N concurrent requests."),
     allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated", help="Run an export whose validation against "
-                                           "PyTorch failed (validation.json ok: false), with a warning (default: refuse it)."),
+                                           "PyTorch failed (validation.json ok: false), with a warning (without it such an export is refused)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ray: Optional[str] = typer.Option(None, "--ray", show_default="off", help="Run on Ray Data: auto (the cluster this machine is in, else a "
                                       "local instance) or an address (host:6379, ray://host:10001). Needs pip install 'gcomp[ray]'."),
     io_threads: Optional[int] = typer.Option(None, "--io-threads", show_default="4", help="Threads decoding inputs and "
                                              "writing outputs beside the search (more on a many-core GPU host)."),
     workers: int = typer.Option(2, "--workers", help="--ray: completion actors, each with its own backend session."),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", show_default="1 on cuda, else 0", help="--ray: GPUs per actor "
-                                                    "(default 1 with --device cuda, else 0; 0.5 puts two on a GPU)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", show_default="1 with --device cuda, else 0",
+                                                    help="--ray: GPUs per actor (0.5 puts two on a GPU)."),
 ):
     """Complete the masked region of each image with the GAN whose latent best explains the rest."""
     from ..engine.api import open_model

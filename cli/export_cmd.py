@@ -17,7 +17,8 @@ PRECISION_HELP = ("fp32 | fp16 (weights and network compute in fp16) | bf16 (wei
 
 def export(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder with checkpoint.pt."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: export-<precision> beside the checkpoint)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default="export-<precision> beside the checkpoint",
+                                       help="Output folder."),
     precision: str = typer.Option("fp32", "--precision", "-p", help=PRECISION_HELP),
     batch: str = typer.Option("dynamic", "--batch", "-b", help="'dynamic' (a 'batch' axis) or a fixed batch size N."),
     unroll: int = typer.Option(1, "--unroll", "-k", min=1, help="Momentum steps per call of step.onnx (unrolled, shared weights)."),
@@ -25,8 +26,9 @@ def export(
     trt: bool = typer.Option(False, "--trt", help="Also build generator.engine and step.engine with TensorRT or TensorRT-RTX."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the comparison with the PyTorch reference."),
     recommend: str = typer.Option("", "--recommend", show_default=RECOMMEND_DEFAULT,
-                                  help="The search settings the model recommends (metadata defaults, used when a "
-                                  "completion gives none): KEY=VALUE,... over the default (iters, lr, momentum, lam, optimizer, patience)."),
+                                  help="The search settings the model recommends, stored in its metadata and used when "
+                                  "a completion gives none: KEY=VALUE,... of iters, lr, momentum, lam, optimizer, patience; "
+                                  "keys left out keep the values shown."),
     description: str = typer.Option("", "--description", show_default="the architecture and the checkpoint's name",
                                     help="Free text stored in the metadata."),
     license: str = typer.Option("", "--license", show_default="unspecified", help="The model's licence, stored in the metadata."),

@@ -12,6 +12,8 @@ import typer
 
 from .errors import fail
 
+#: options renamed to match the other commands, still accepted (hidden from --help) so older scripts keep working
+OLD_SPELLINGS = {"--quiet": "--no-progress"}
 INSTALL_HINT = ("training needs PyTorch: pip install 'gcomp[train]' "
                 "(on CPU-only machines, pip install torch==2.13.0 first)")
 
@@ -38,7 +40,7 @@ def train(
     precision: str = typer.Option("auto", help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512_BF16/AMX; with channels_last there), fp32 elsewhere; fp32 or bf16 forces it."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="--no-amp is --precision fp32 (kept for older scripts)."),
     snapshots: bool = typer.Option(True, "--snapshots/--no-snapshots", help="Also keep OUT/snapshots/step_NNNNNN.pt (weights only) at every save, to choose one with gcomp eval."),
-    progress: bool = typer.Option(True, "--progress/--quiet", help="A Rich bar (step, d_loss, g_loss, images/s) on a terminal, a status line every --sample-every steps otherwise."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="A Rich bar (step, d_loss, g_loss, images/s) on a terminal, a status line every --sample-every steps otherwise."),
 ):
     """Train a DCGAN (the seed's recipe: Adam 2e-4/0.5, G updated twice per D step). Multi-GPU: torchrun."""
     if steps is not None and epochs is not None:

@@ -50,7 +50,7 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
         log(note if note.startswith("warning:") else f"note: {note}")
     summary = Summary(settings=job_settings(src, dst, model.source, be.name, model.device, spec, opts,
                                             str(encoder.path) if encoder else None, be.settings()))
-    todo, summary.skipped = list_todo(src, dst, opts)
+    todo, summary.skipped = list_todo(src, dst, opts, log)
     if not todo and not summary.skipped:
         log(f"note: {nothing_to_do(src, opts.shard)}")
     note = resume_note(summary, out_dir, len(todo), single_image_job(src, dst))

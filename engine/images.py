@@ -18,6 +18,9 @@ import numpy as np
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 JPEG_QUALITY = 95
+#: the smallest side gcomp completes: a smaller image cannot hold both a hole and known pixels around it in the
+#: finest mask kinds (grid and lowres repeat every 4 pixels of a 32-px model: 8 pixels of a 64-px one's image)
+MIN_SIDE = 8
 
 # A corrupt input gets gcomp's one `error: <file>: <reason>` line; OpenCV's own decoders would print
 # `[ WARN:...]` / `[ERROR:...]` lines before it (a truncated PNG, a bad TIFF directory), so OpenCV's
@@ -49,7 +52,59 @@ def opencv_quiet():
 
 
 class ImageError(ValueError):
-    """An input that is not a usable image (empty, corrupt, unsupported)."""
+    """An input that is not a usable image (empty, corrupt, unsupported, too small or too large)."""
+
+
+def _max_pixels(default: int = 200_000_000) -> int:
+    """GCOMP_MAX_IMAGE_PIXELS, else 200 megapixels; 0 = no limit (a value that is not an integer is ignored).
+    Completing one image takes ~25 bytes per pixel at its peak (the decoded image, its RGB copy, the mask, the fill,
+    the output), so the default bounds one image at ~5 GB, and refuses decompression bombs (a small PNG or JPEG
+    that decodes to gigabytes) before they are decoded, as PIL's MAX_IMAGE_PIXELS does."""
+    try:
+        return max(0, int(os.environ.get("GCOMP_MAX_IMAGE_PIXELS", default)))
+    except ValueError:
+        return default
+
+
+#: images with more pixels are refused (one error line naming the file); set it to 0 for no limit
+MAX_PIXELS = _max_pixels()
+
+
+def check_size(w: int, h: int, name: str) -> None:
+    """Refuse (ImageError, naming the file) an image under MIN_SIDE on a side or over MAX_PIXELS."""
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"{name}: {w}x{h} is too small to complete (the minimum is {MIN_SIDE}x{MIN_SIDE} pixels)")
+    if MAX_PIXELS and w * h > MAX_PIXELS:
+        raise ImageError(f"{name}: {w}x{h} is {_megapixels(w * h)} megapixels, over the limit of "
+                         f"{_megapixels(MAX_PIXELS)} (GCOMP_MAX_IMAGE_PIXELS=N raises it, 0 lifts it; completing takes "
+                         f"~25 bytes per pixel)")
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:,.0f}" if n >= 1e6 else f"{n / 1e6:.2g}"
+
+
+def header_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG's or a baseline/progressive JPEG's header, without decoding it; None for other
+    formats (they are checked once decoded) and for a header that does not parse (the decoder then says why)."""
+    b = buf[:1 << 16].tobytes()
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if b[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(b) and b[i] == 0xFF:
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+            return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return None
 
 
 class OutputError(OSError):
@@ -76,10 +131,14 @@ def decode(data: bytes | np.ndarray, name: str = "image") -> Image:
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if buf.size == 0:
         raise ImageError(f"{name}: empty file")
+    size = header_size(buf)
+    if size is not None:
+        check_size(*size, name)  # before decoding: a huge image is refused before it takes the memory
     with opencv_quiet():
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
+    check_size(img.shape[1], img.shape[0], name)
     return Image(original=img, rgb=to_rgb8(img))
 
 

@@ -11,7 +11,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .. import __version__
 from . import images
@@ -60,17 +60,52 @@ class Summary:
         return d
 
 
-def iter_inputs(root: Path) -> Iterator[tuple[Path, str]]:
-    """Image files under root in a stable order (sorted per folder), streamed folder by folder."""
+def iter_inputs(root: Path, not_followed: list[tuple[str, str]] | None = None,
+                output: Path | None = None) -> Iterator[tuple[Path, str]]:
+    """Image files under root in a stable order (sorted per folder), streamed folder by folder.
+
+    Linked folders are followed like linked files (whoever links a folder into the input means its images),
+    except a link back into a folder above it (a loop) and, through links, the `output` folder (its outputs
+    would be read back as inputs): those are left out, and each (path, why) goes to `not_followed`."""
     if root.is_file():
         yield root, root.name
         return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != PROGRESS_DIR)
+    out_real = os.path.realpath(output) if output is not None else None
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = os.path.realpath(dirpath)
+        dirnames[:] = [d for d in sorted(dirnames) if d != PROGRESS_DIR
+                       and _follow(os.path.join(dirpath, d), here, out_real, not_followed)]
         for name in sorted(filenames):
             if images.is_image_name(name) and not name.startswith(TMP_PREFIX):
                 p = Path(dirpath) / name
                 yield p, p.relative_to(root).as_posix()
+
+
+def _follow(path: str, here: str, out_real: str | None, not_followed: list | None) -> bool:
+    """Whether the listing descends into the folder `path` (inside the folder whose real path is `here`)."""
+    real = os.path.realpath(path)
+    why = None
+    if os.path.islink(path) and _under(here, real):
+        why = f"a link to {real}, a folder above it: a loop"
+    elif out_real is not None and _under(real, out_real):
+        why = "the OUTPUT folder or inside it, reached through a link"
+    if why and not_followed is not None:
+        not_followed.append((path, why))
+    return why is None
+
+
+def _under(path: str, top: str) -> bool:
+    """`path` is the folder `top` or inside it (both real paths, as strings)."""
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def not_followed_note(not_followed: list[tuple[str, str]]) -> str | None:
+    """One line for the folders the listing left out (iter_inputs), naming the first few and why."""
+    if not not_followed:
+        return None
+    n, shown = len(not_followed), "; ".join(f"{p} ({why})" for p, why in not_followed[:3])
+    more = f"; and {n - 3} more" if n > 3 else ""
+    return f"note: {n} linked folder{'s' if n != 1 else ''} not followed: {shown}{more}"
 
 
 def in_shard(key: str, shard: tuple[int, int]) -> bool:
@@ -79,23 +114,29 @@ def in_shard(key: str, shard: tuple[int, int]) -> bool:
     return n == 1 or zlib.crc32(key.encode("utf-8")) % n == k
 
 
+def single_image_job(src: Path, dst: Path) -> bool:
+    """`gcomp complete photo.jpg done.jpg`: one image in, one image path out (not an existing folder)."""
+    return src.is_file() and images.is_image_name(dst) and not dst.is_dir()
+
+
 def output_path(src_root: Path, out_root: Path, key: str) -> Path:
-    if src_root.is_file() and images.is_image_name(out_root):
-        return out_root  # `gcomp complete photo.jpg done.jpg`
-    return out_root / key
+    return out_root if single_image_job(src_root, out_root) else out_root / key
 
 
 def output_dir(src: Path, dst: Path) -> Path:
     """The folder outputs, temporary files and the summary go to."""
-    return dst.parent if (src.is_file() and images.is_image_name(dst)) else dst
+    return dst.parent if single_image_job(src, dst) else dst
 
 
-def list_todo(src: Path, dst: Path, opts: CompleteOptions) -> tuple[list[Item], int]:
+def list_todo(src: Path, dst: Path, opts: CompleteOptions,
+              log: Callable[[str], None] | None = None) -> tuple[list[Item], int]:
     """This job's (shard's) images still to do, in listing order, and how many it skips because
-    their output exists (the resume rule; --overwrite redoes them). Every driver uses it."""
+    their output exists (the resume rule; --overwrite redoes them). Every driver uses it. `log` gets
+    the note on linked folders the listing did not follow, if any."""
     todo: list[Item] = []
     skipped = 0
-    for path, key in iter_inputs(src):
+    not_followed: list[tuple[str, str]] = []
+    for path, key in iter_inputs(src, not_followed, output_dir(src, dst)):
         if not in_shard(key, opts.shard):
             continue
         out = output_path(src, dst, key)
@@ -104,6 +145,9 @@ def list_todo(src: Path, dst: Path, opts: CompleteOptions) -> tuple[list[Item], 
             skipped += 1
             continue
         todo.append(Item(path, key, out))
+    note = not_followed_note(not_followed)
+    if note and log is not None:
+        log(note)
     return todo, skipped
 
 
@@ -189,7 +233,8 @@ def check_paths(src: Path, dst: Path) -> None:
     OUTPUT is the same file. Symbolic links are resolved first."""
     rs, rd = src.resolve(), dst.resolve()
     if src.is_file():
-        out_file = rd if images.is_image_name(dst) else rd / src.name
+        check_image_output(dst)
+        out_file = rd if single_image_job(src, dst) else rd / src.name
         if out_file == rs or (dst.exists() and not dst.is_dir() and os.path.samefile(src, dst)):
             raise JobError(f"{dst}: the output would overwrite the input image {src}; choose another OUTPUT")
         return
@@ -200,6 +245,15 @@ def check_paths(src: Path, dst: Path) -> None:
                        f"back as inputs; choose an OUTPUT outside it")
     if _inside(rs, rd):
         raise JobError(f"{dst}: OUTPUT contains the INPUT folder {src}; choose an OUTPUT outside it")
+
+
+def check_image_output(dst: Path) -> None:
+    """One image in: OUTPUT is an image path (its suffix picks the format) or a folder. A name with another suffix
+    (`out.txt`) is neither: refused, rather than made a folder of that name."""
+    if dst.suffix and not dst.is_dir() and not images.is_image_name(dst):
+        raise JobError(f"{dst}: {dst.suffix} is not an image format gcomp writes ({', '.join(images.SUFFIXES)}); "
+                       f"OUTPUT for one image is an image path or a folder (an existing one, or a name without a "
+                       f"suffix)")
 
 
 def check_job(input, output, opts: CompleteOptions) -> tuple[Path, Path, MaskSpec, Path]:
@@ -320,11 +374,6 @@ def _brief(v) -> str:
     return str(v)
 
 
-def single_image_job(src: Path, dst: Path) -> bool:
-    """`gcomp complete photo.jpg done.jpg`: one image in, one image path out."""
-    return src.is_file() and images.is_image_name(dst)
-
-
 def _made_outputs(summary_file: str | Path) -> bool:
     """The summary file there records a run that wrote outputs."""
     try:
@@ -342,9 +391,11 @@ def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: f
     if not write:
         return summary
     summary.summary_path = str(out_dir / summary_name(opts.shard))
-    if not summary.done and not summary.failed and not summary.earlier_settings and _made_outputs(summary.summary_path):
-        # a rerun that did nothing, with the outputs' own settings, keeps the record of the run that made them (its
-        # figures, and its settings, which a later rerun's changed-settings warning compares against)
+    if not summary.done and not summary.failed and _made_outputs(summary.summary_path):
+        # a rerun that did nothing keeps the record of the run that made the outputs: its figures, and its settings,
+        # which a later rerun's changed-settings warning compares against. With other settings too: resume_note has
+        # warned, and the outputs are still the ones that record describes (earlier runs' summaries, in any shard,
+        # stay as they were)
         return summary
     images.write_atomic(summary.summary_path, json.dumps(summary.as_dict(), indent=2).encode())
     return summary

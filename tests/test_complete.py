@@ -217,6 +217,27 @@ def test_face_crop_on_a_real_photo(tiny_ckpt, tmp_path):
     assert not np.array_equal(off[200:300, 200:300], rgb[200:300, 200:300])  # the whole image's center instead
 
 
+def test_a_false_face_in_texture_does_not_take_the_crop():
+    """OpenCV's default cascade fires on texture (large photos are detected at 1600 px, full of it): here a larger
+    false face than the astronaut's real one, which the old "largest box" rule cropped, putting the hole on the
+    texture. Every candidate is now confirmed by a second cascade on its crop."""
+    from skimage import data
+
+    from gcomp.engine import faces
+
+    g = cv2.resize(np.random.default_rng(0).integers(0, 255, (100, 100), dtype=np.uint8), (640, 640),
+                   interpolation=cv2.INTER_CUBIC)
+    rgb = np.dstack([g, g, g])
+    rgb[40:240, 40:240] = cv2.resize(data.astronaut(), (200, 200), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    boxes = faces._cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    largest = max(boxes, key=lambda b: b[2] * b[3])
+    assert len(boxes) >= 2 and largest[0] > 300, boxes  # the control: the largest candidate is on the texture
+    assert not faces._confirmed(gray, largest)
+    x, y, side = faces.find_face(rgb)
+    assert 80 < x < 140 and 40 < y < 100 and 20 < side < 50, (x, y, side)  # the astronaut's face
+
+
 def test_face_auto_leaves_aligned_faces_alone(tiny_ckpt, tmp_path):
     """Aligned face crops at twice the model's size (the astronaut's face, cropped around the face with a little
     margin, 64x64 for the 32-px model): --face auto must not crop them, so the hole is where the mask kind says in
@@ -258,8 +279,9 @@ def test_face_auto_leaves_aligned_faces_alone(tiny_ckpt, tmp_path):
 def test_rerun_with_other_settings_warns_and_the_summary_keeps_the_outputs_settings(exported, faces, tmp_path,
                                                                                      monkeypatch):
     """The resume rule keeps existing outputs; when an earlier run recorded in OUTPUT (any shard) made them with
-    other settings, the rerun says so in one warning line naming what changed, and its summary keeps those
-    settings (earlier_settings), so the folder's summaries still describe its files. Spellings of the same
+    other settings, the rerun says so in one warning line naming what changed; a rerun that writes something keeps
+    those settings in its summary (earlier_settings), one that writes nothing leaves the summary as it was, so the
+    folder's summaries still describe its files. Spellings of the same
     settings (a relative or absolute model path, `auto` or the blend it means) are not changes."""
     monkeypatch.chdir(exported.parent)
     out = tmp_path / "out"
@@ -273,12 +295,14 @@ def test_rerun_with_other_settings_warns_and_the_summary_keeps_the_outputs_setti
 
     run()
     before = {f.name: f.read_bytes() for f in out.glob("*.png")}
+    first = (out / "gcomp-summary.json").read_bytes()
     _, warn = run("--mask", "left")
     assert len(warn) == 1 and "mask: center -> left" in warn[0] and f"the {len(faces)} outputs" in warn[0], warn
     assert {f.name: f.read_bytes() for f in out.glob("*.png")} == before  # kept as they were
-    s = json.loads((out / "gcomp-summary.json").read_text())
-    assert s["skipped"] == len(faces) and [e["mask"] for e in s["earlier_settings"]] == ["center"]
-    assert s["settings"]["mask"] == "left" and s["settings"]["blend"] == "poisson:0.5"
+    # nothing was done: the summary is still the record of the run that made the outputs (its figures, its settings)
+    assert (out / "gcomp-summary.json").read_bytes() == first
+    s = json.loads(first)
+    assert s["done"] == len(faces) and s["settings"]["mask"] == "center" and s["settings"]["blend"] == "poisson:0.5"
     err, warn = run("--blend", "poisson:0.5", args=rel)  # the outputs' settings, spelled otherwise
     assert warn == [] and f"note: all {len(faces)} outputs exist" in err
     assert "earlier_settings" not in json.loads((out / "gcomp-summary.json").read_text())
@@ -293,3 +317,9 @@ def test_rerun_with_other_settings_warns_and_the_summary_keeps_the_outputs_setti
     single = runner.invoke(app, ["complete", str(faces[0]), str(out / faces[0].name), "--model", str(exported),
                                  "--no-progress"])
     assert single.exit_code == 0 and "note: the output exists: kept as it is" in single.stderr
+    # other settings with something to do: that run's summary keeps the settings the other outputs were made with
+    (out / faces[1].name).unlink()
+    _, warn = run("--mask", "left")
+    s = json.loads((out / "gcomp-summary.json").read_text())
+    assert warn and s["done"] == 1 and s["settings"]["mask"] == "left", warn
+    assert "center" in [e["mask"] for e in s["earlier_settings"]]

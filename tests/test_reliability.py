@@ -361,6 +361,21 @@ def test_a_rerun_with_nothing_to_do_keeps_the_summary_and_the_next_change_still_
     assert r.exit_code == 0 and "warning:" in r.stderr and "mask" in r.stderr, r.stderr
 
 
+def test_a_rerun_with_other_settings_and_nothing_to_do_warns_and_keeps_the_summary(tiny_ckpt, tmp_path):
+    """The outputs are still those the first run made: its summary (figures, settings) stays, byte for byte, while
+    the rerun warns that its settings differ; the outputs' own settings again: no warning."""
+    _, out, args = _faces_job(tiny_ckpt, tmp_path, 2)
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "gcomp-summary.json").read_bytes()
+    for extra in (["--mask", "left"], ["--seed", "3", "--blend", "none"]):
+        r = runner.invoke(app, [*args, *extra])
+        warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+        assert r.exit_code == 0 and len(warnings) == 1 and "kept as they are" in warnings[0], r.stderr
+        assert (out / "gcomp-summary.json").read_bytes() == first, extra
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "warning:" not in r.stderr and "nothing to do" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args, says", [
     (["complete", "in", "out", "--iters", "abc"], "Invalid value for '--iters'"),
     (["complete"], "Missing argument 'INPUT'"),
