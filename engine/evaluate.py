@@ -142,6 +142,9 @@ class KindResult:
     search: dict = field(default_factory=dict)  # the settings used, after the model's defaults
     blend: str = ""
     skipped: int = 0  # unreadable files passed over while reading the data (the same for every kind)
+    #: gcomp's own PSNR and SSIM per face, {name: [psnr, ssim]}: two models (or settings) are compared face by
+    #: face from these (benchmarks/paired.py), which is far tighter than comparing the means
+    per_face: dict = field(default_factory=dict)
 
 
 def noisy_input(rgb: np.ndarray, known: np.ndarray, key: str, seed: int = 0) -> np.ndarray:
@@ -210,6 +213,7 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
                 if len(pictures.setdefault(kind, [])) < pictures_per_kind:
                     pictures[kind].append([noisy, fills["gcomp"], fills["telea"], fills["ns"], truth])
             res.scores = {m: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for m, rows in per.items()}
+            res.per_face = {key: [round(r["psnr"], 4), round(r["ssim"], 5)] for (key, _), r in zip(faces, per["gcomp"])}
             log(f"{kind}: gcomp {res.scores['gcomp']['psnr']:.2f} dB / SSIM {res.scores['gcomp']['ssim']:.3f}, "
                 f"Telea {res.scores['telea']['psnr']:.2f} / {res.scores['telea']['ssim']:.3f}, "
                 f"NS {res.scores['ns']['psnr']:.2f} / {res.scores['ns']['ssim']:.3f}, "

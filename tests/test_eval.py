@@ -117,6 +117,21 @@ def test_eval_scores_equal_an_independent_scoring_of_completes_files(tmp_path):
                                                    use_sample_covariance=False, data_range=255))
         assert res["scores"]["gcomp"]["psnr"] == pytest.approx(np.mean(psnrs), abs=0.01)
         assert res["scores"]["gcomp"]["ssim"] == pytest.approx(np.mean(ssims), abs=1e-4)
+        names = sorted(p.name for p in (tmp_path / "faces").glob("*.png"))
+        assert sorted(res["per_face"]) == names  # each face's own scores, for paired comparisons
+        assert [res["per_face"][n][0] for n in names] == pytest.approx(psnrs, abs=0.01)
+        assert [res["per_face"][n][1] for n in names] == pytest.approx(ssims, abs=1e-4)
+    from gcomp.benchmarks.paired import paired
+
+    same = paired(rep, rep)  # a report against itself: no difference, no face better
+    assert [r["mask"] for r in same] == ["center", "half"] and all(r["n"] == 5 for r in same)
+    assert all(r[m]["mean"] == 0 and r[m]["better"] == 0 for r in same for m in ("psnr", "ssim"))
+    better = json.loads(js.read_text())
+    for res in better["results"]:
+        res["per_face"] = {k: [v[0] + 1.0, v[1] + 0.01] for k, v in res["per_face"].items()}
+    up = paired(rep, better)
+    assert all(r["psnr"]["mean"] == pytest.approx(1.0) and r["psnr"]["better"] == 1.0 for r in up)
+    assert all(r["ssim"]["mean"] == pytest.approx(0.01) for r in up)
 
 
 def test_opencv_baselines_fill_the_hole_smoothly():
