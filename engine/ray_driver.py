@@ -246,7 +246,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
     # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES: inside it, its GPU is cuda:0.
     actor_device = "cuda" if gpus_per_worker > 0 and device.startswith("cuda") else device
     bopts = dict(backend_options or {})
-    todo, skipped = list_todo(src, dst, opts)
+    todo, skipped = list_todo(src, dst, opts, log)  # log: the note on linked folders not followed
     ray_info = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
                 "cpus_per_worker": cpus_per_worker}
     if not todo:  # nothing to do: no need to start Ray or load the model

@@ -102,3 +102,16 @@ def test_without_ray_one_line_install_hint(exported, folder, tmp_path, monkeypat
                             "--ray", "auto", "--no-progress"])
     assert r.exit_code == 2
     assert r.stderr.splitlines() == ["error: --ray needs Ray Data, which is not installed: pip install 'gcomp[ray]'"]
+
+
+def test_the_ray_driver_names_linked_folders_it_does_not_follow(exported, tmp_path):
+    """The listing is the single-process one (list_todo), note included: a loop link is named once on stderr.
+    Every output exists already, so the driver returns before starting Ray."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_faces(src, n=1)
+    (src / "loop").symlink_to(src, target_is_directory=True)
+    assert runner.invoke(app, ["complete", str(src), str(out), "--model", str(exported), "--no-progress"]).exit_code == 0
+    r = runner.invoke(app, ["complete", str(src), str(out), "--model", str(exported), "--ray", "auto", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.stderr.splitlines() if "not followed" in line]
+    assert len(notes) == 1 and f"{src / 'loop'} (a link to" in notes[0], r.stderr
