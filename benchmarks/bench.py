@@ -9,7 +9,6 @@ is what its search() would use.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ import numpy as np
 from .. import __version__
 from ..engine.api import open_model
 from ..engine.backends import FORMATS, NAMES, BackendError, backend_class, check_device
-from ..engine.backends.exported import WEIGHTS_KEY, model_files
+from ..engine.backends.exported import WEIGHTS_KEY, file_sha256, model_files
 from ..engine.cpu import cpu_flags, cpu_has_native_bf16, cpu_kind
 from ..engine.masks import make_mask
 from ..engine.search import SearchParams, momentum_update
@@ -109,14 +108,6 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def files_loaded(backend: str, target: Path) -> list[Path]:
@@ -384,7 +375,7 @@ def _bench(model, backends, batch_sizes, iters, precisions, device, warmup, tmp:
     def identify(timing: Timing, backend: str, target: Path) -> Timing:
         paths = files_loaded(backend, target)
         for p in paths:
-            digests.setdefault(p, sha256_file(p))
+            digests.setdefault(p, file_sha256(p))
         timing.model["sha256"] = {_label(p, tmp): digests[p] for p in paths}
         return timing
 

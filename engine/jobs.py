@@ -85,18 +85,13 @@ def _follow(path: str, here: str, out_real: str | None, not_followed: list | Non
     """Whether the listing descends into the folder `path` (inside the folder whose real path is `here`)."""
     real = os.path.realpath(path)
     why = None
-    if os.path.islink(path) and _under(here, real):
+    if os.path.islink(path) and _inside(Path(here), Path(real)):
         why = f"a link to {real}, a folder above it: a loop"
-    elif out_real is not None and _under(real, out_real):
+    elif out_real is not None and _inside(Path(real), Path(out_real)):
         why = "the OUTPUT folder or inside it, reached through a link"
     if why and not_followed is not None:
         not_followed.append((path, why))
     return why is None
-
-
-def _under(path: str, top: str) -> bool:
-    """`path` is the folder `top` or inside it (both real paths, as strings)."""
-    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def not_followed_note(not_followed: list[tuple[str, str]]) -> str | None:
@@ -224,6 +219,7 @@ def make_output_dir(folder: Path) -> None:
 
 
 def _inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or inside it (compared as given: resolve both first)."""
     return path == folder or folder in path.parents
 
 
