@@ -40,7 +40,7 @@ def complete(
     restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
     init: str = typer.Option("auto", "--init", help="Starting latent: auto (the model's encoder.onnx if it has one, else random), encoder, random."),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", show_default="the model's, else 0 (never)", help="Stop an image after N steps without improvement; 0: never."),
-    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (poisson:0.5, chosen by measurement), "
+    blend: Optional[str] = typer.Option(None, "--blend", show_default="auto", help="auto (what the model recommends for the mask kind, measured on val.tar; else poisson:0.5), "
                                         "poisson (leak-free Poisson blending of the seam), poisson:A (G's gradients weighted by A "
                                         "in [0, 1]; 0 = the harmonic fill, no GAN) or none (exact composite of G's pixels)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the latents and random masks (per image, by name)."),

@@ -26,9 +26,10 @@ def export(
     trt: bool = typer.Option(False, "--trt", help="Also build generator.engine and step.engine with TensorRT or TensorRT-RTX."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the comparison with the PyTorch reference."),
     recommend: str = typer.Option("", "--recommend", show_default=RECOMMEND_DEFAULT,
-                                  help="The search settings the model recommends, stored in its metadata and used when "
-                                  "a completion gives none: KEY=VALUE,... of iters, lr, momentum, lam, optimizer, patience; "
-                                  "keys left out keep the values shown."),
+                                  help="The settings the model recommends, stored in its metadata and used when "
+                                  "a completion gives none: KEY=VALUE,... of iters, lr, momentum, lam, optimizer, patience "
+                                  "and blend (what --blend auto stands for, e.g. poisson:0.75); KIND.KEY=VALUE for one mask "
+                                  "kind (left.blend=poisson:1); keys left out keep the values shown."),
     description: str = typer.Option("", "--description", show_default="the architecture and the checkpoint's name",
                                     help="Free text stored in the metadata."),
     license: str = typer.Option("", "--license", show_default="unspecified", help="The model's licence, stored in the metadata."),

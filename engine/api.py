@@ -26,7 +26,8 @@ from .batch import complete_batch
 from .encoder import Encoder, load_encoder
 from .jobs import Item, Summary
 from .masks import MaskError, MaskSpec
-from .options import CompleteOptions
+from .blend import resolve_blend
+from .options import CompleteOptions, recommended_for
 from .prepare import Prepared, prepare_image
 from .search import SearchParams
 
@@ -68,7 +69,7 @@ class Model:
         self.source = Path(source) if source is not None else Path(backend.info.source)
         self.device = device
         self.info = backend.info
-        #: the model's recommended search settings (metadata `defaults`), read once here
+        #: the model's recommended settings (metadata `defaults`: search settings, blend, per mask kind), read once
         self.recommended = _defaults(backend.info.meta.get("defaults"))
         self._encoders: dict[str, Encoder | None] = {}
 
@@ -86,15 +87,22 @@ class Model:
         """Choices the backend made at activation (precision under auto, ...), one line each."""
         return self.backend.notes
 
-    def settings(self, search: SearchParams | None = None) -> SearchParams:
-        """`search` with what it leaves as None filled from this model's recommendation, then the seed's."""
-        return (search or SearchParams()).resolved(self.recommended)
+    def settings(self, search: SearchParams | None = None, mask: str | None = None) -> SearchParams:
+        """`search` with what it leaves as None filled from this model's recommendation for `mask` (a kind; None:
+        its model-wide one), then the seed's."""
+        return (search or SearchParams()).resolved(recommended_for(self.recommended, mask))
 
     def options(self, options: CompleteOptions | None = None, **settings) -> CompleteOptions:
-        """Complete job options for this model: `settings` (CompleteOptions or SearchParams fields) applied,
-        the search settings resolved."""
+        """Complete job options for this model, fully resolved: `settings` (CompleteOptions or SearchParams
+        fields) applied, then what is left unset (search settings, `blend="auto"`) filled from the model's
+        recommendation for options.mask's kind, then from the seed's (search) and blend.AUTO."""
         opts = _with_settings(options, settings)
-        return replace(opts, search=self.settings(opts.search))
+        return self._resolve(opts, opts.mask)
+
+    def _resolve(self, opts: CompleteOptions, mask: Mask) -> CompleteOptions:
+        """opts resolved for `mask`: a --mask string, or an array (the model-wide recommendation)."""
+        rec = recommended_for(self.recommended, mask if isinstance(mask, str) else None)
+        return replace(opts, search=opts.search.resolved(rec), blend=resolve_blend(opts.blend, rec.get("blend")))
 
     def encoder(self, init: str = "auto") -> Encoder | None:
         """The starting-latent encoder for `init` (auto: the model's encoder.onnx if it has one)."""
@@ -115,7 +123,8 @@ class Model:
 
     def complete_prepared(self, batch: list[Prepared], options: CompleteOptions | None = None,
                           on_progress: Callable[[int, np.ndarray], None] | None = None) -> tuple[list[np.ndarray], dict]:
-        """The search, best restart, blend and composite for one batch: (images, stats)."""
+        """The search, best restart, blend and composite for one batch: (images, stats). Settings the options
+        leave unset come from the model's recommendation for options.mask's kind."""
         self._check_open()
         opts = self.options(options)
         return complete_batch(self.backend, batch, opts, on_progress, self.encoder(opts.init))
@@ -143,11 +152,22 @@ class Model:
         per_image = isinstance(masks, (list, tuple))  # else one mask for all (None is refused as a mask, not len()ed)
         if len(names) != n or (per_image and len(masks) != n):
             raise ValueError(f"{n} images need {n} names and masks")
-        prepared = [self.prepare(im, masks[i] if per_image else masks, name=names[i], options=opts)
-                    for i, im in enumerate(images_)]
-        outs: list[np.ndarray] = []
-        for lo in range(0, n, opts.batch_size):
-            outs += self.complete_prepared(prepared[lo:lo + opts.batch_size], opts)[0]
+        mask_of = (lambda i: masks[i]) if per_image else (lambda i: masks)  # noqa: E731
+        prepared = [self.prepare(im, mask_of(i), name=names[i], options=opts) for i, im in enumerate(images_)]
+        # The model may recommend settings per mask kind: images are searched in groups that share their settings
+        # (an image's result does not depend on its batch), in order within each group.
+        base = _with_settings(options, settings)
+        groups: dict[CompleteOptions, list[int]] = {}
+        for i in range(n):
+            m = mask_of(i)
+            groups.setdefault(self._resolve(base, m if isinstance(m, str) else None), []).append(i)
+        outs: list[np.ndarray | None] = [None] * n
+        for gopts, idx in groups.items():
+            for lo in range(0, len(idx), gopts.batch_size):
+                part = idx[lo:lo + gopts.batch_size]
+                for i, out in zip(part, complete_batch(self.backend, [prepared[i] for i in part], gopts, None,
+                                                       self.encoder(gopts.init))[0]):
+                    outs[i] = out
         return outs
 
     # -- files -----------------------------------------------------------------------------------

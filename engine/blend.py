@@ -21,7 +21,9 @@ leak-free but pins a hole touching the border.
 (1 - A) x (the harmonic fill: zero gradients, the smoothest surface through the hole's known border), up
 to rounding and clipping to 0..255: a shrinkage of G's noisy detail toward the smooth fill. `poisson` = `poisson:1` (Perez et al.'s), `poisson:0`
 ignores G altogether (the harmonic baseline `gcomp eval` reports). With the bundled model A = 0.5 scored
-best over the four mask kinds on val.tar (benchmarks/results/quality.md), so `auto` is `poisson:0.5`.
+best over the four mask kinds on val.tar (benchmarks/results/quality.md), so `auto` is `poisson:0.5` unless
+the model recommends otherwise: how much of G's detail to keep depends on how good G is, so a model's metadata
+may recommend its own weight, per mask kind (`resolve_blend`, engine/options.py's `recommended_for`).
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ import cv2
 import numpy as np
 
 BLENDS = ("auto", "none", "poisson")  # poisson also as poisson:A, A in [0, 1] (the gradients' weight)
-#: what `auto` picks (measured on val.tar, benchmarks/results/quality.md: Poisson raised whole-image PSNR
-#: and SSIM for every mask kind with the bundled model, and half of G's gradients more than all of them)
+#: what `auto` picks for a model that recommends no blend (measured on val.tar with the gf = 32 model,
+#: benchmarks/results/quality.md: Poisson raised whole-image PSNR and SSIM for every mask kind, and half of G's
+#: gradients more than all of them). A model's metadata `defaults.blend` (and per mask kind) overrides it.
 AUTO = "poisson:0.5"
 EXACT_MAX = 512 * 512  # hole pixels solved exactly; above, the OpenCV solver (see the module's docstring)
 _PAD = 8  # seamlessClone ignores a mask that touches the border: work on a reflected margin
@@ -58,6 +61,11 @@ def parse_blend(how: str) -> tuple[str, float]:
             return "poisson", a
         raise ValueError(f"blend poisson:A takes a weight A in [0, 1], got {how!r}")
     raise ValueError(f"blend must be one of {', '.join(BLENDS)} or poisson:A (A in [0, 1]), got {how!r}")
+
+
+def resolve_blend(how: str, recommended: str | None = None) -> str:
+    """The blend a job runs, spelled one way: `auto` is the model's recommendation (None: AUTO)."""
+    return blend_name(recommended or AUTO if how == "auto" else how)
 
 
 def blend_name(how: str) -> str:

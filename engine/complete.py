@@ -43,13 +43,13 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     src, dst, spec, out_dir = check_job(input, output, opts)
     t0 = time.perf_counter()
     be = model.backend
-    opts = model.options(opts)
+    asked, opts = opts.blend, model.options(opts)  # resolved once: the model's recommendation for this mask
     encoder = model.encoder(opts.init)
     tag = start_writing(out_dir, opts)  # every check has passed: the output folder is created here
     for note in model.notes:
         log(note if note.startswith("warning:") else f"note: {note}")
     summary = Summary(settings=job_settings(src, dst, model.source, be.name, model.device, spec, opts,
-                                            str(encoder.path) if encoder else None, be.settings()))
+                                            str(encoder.path) if encoder else None, be.settings(), asked))
     todo, summary.skipped = list_todo(src, dst, opts, log)
     if not todo and not summary.skipped:
         log(f"note: {nothing_to_do(src, opts.shard)}")

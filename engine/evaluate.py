@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from . import images
-from .blend import blend, blend_name
+from .blend import blend
 from .jobs import iter_inputs
 from .masks import MaskSpec, image_rng
 from .options import CompleteOptions
@@ -187,8 +187,8 @@ def evaluate(model: "Model", data, masks=("center", "random", "half", "pattern")
         for kind in masks:
             spec = MaskSpec.parse(kind)
             kopts = replace(opts, mask=kind)
-            res = KindResult(kind, n=len(faces), search=model.options(kopts).search.as_dict(),
-                             blend=blend_name(kopts.blend),
+            resolved = model.options(kopts)  # the model may recommend settings per mask kind
+            res = KindResult(kind, n=len(faces), search=resolved.search.as_dict(), blend=resolved.blend,
                              skipped=len(skipped))
             src, dst = root / kind / "input", root / kind / "output"
             t0 = time.perf_counter()

@@ -274,15 +274,17 @@ def start_writing(out_dir: Path, opts: CompleteOptions) -> str:
 
 
 def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, spec: MaskSpec,
-                 opts: CompleteOptions, encoder: str | None, backend_settings: dict | None = None) -> dict:
+                 opts: CompleteOptions, encoder: str | None, backend_settings: dict | None = None,
+                 blend_asked: str | None = None) -> dict:
     """The job's settings as the summary records them (the same for every driver): paths resolved and the blend
-    resolved (`auto` names the measured default of this version), so a later run can compare them."""
+    resolved (`auto` names what the model recommends for the mask, else this version's AUTO), so a later run can
+    compare them; `blend_asked` is what the job asked for (opts.blend before the model resolved it)."""
     return {
         "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": _resolved(model),
         "backend": backend_name, "device": device, "backend_settings": backend_settings or {},
         "mask": _resolved(spec.path) if spec.path is not None else spec.describe(),
         **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask", "blend")},
-        "blend": blend_name(opts.blend), "blend_asked": opts.blend,
+        "blend": blend_name(opts.blend), "blend_asked": blend_asked or opts.blend,
         "search": opts.search.as_dict(), "encoder": _resolved(encoder) if encoder else None,
     }
 

@@ -22,6 +22,16 @@ DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern
 WEIGHT_WINDOW = 7  # the paper's neighbourhood for the weighted context loss
 
 
+def mask_kind(spec: str | None) -> str | None:
+    """The kind a --mask value names ("half" and "half:..." -> "left"), None for a mask file, folder or array:
+    what a model's per-mask-kind recommendations are looked up by. Reads no file."""
+    if not isinstance(spec, str):
+        return None
+    name = spec.partition(":")[0]
+    name = ALIASES.get(name, name)
+    return name if name in KINDS else None
+
+
 class MaskError(ValueError):
     """A mask that cannot be used for an image (missing, unreadable, wrong size)."""
 

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field, fields, replace
 
 from .blend import parse_blend
 from .faces import FACE_MODES
+from .masks import mask_kind
 from .search import SearchParams
+
+#: the key of a model's metadata `defaults` that holds its per-mask-kind recommendations:
+#: {"masks": {"center": {"blend": "poisson:0.75"}, "left": {...}}}; kinds as engine.masks.KINDS ("half" is "left")
+PER_MASK = "masks"
 
 
 @dataclass(frozen=True)
@@ -17,7 +22,7 @@ class CompleteOptions:
     search: SearchParams = field(default_factory=SearchParams)
     batch_size: int = 64
     restarts: int = 1
-    blend: str = "auto"  # see engine/blend.py: AUTO, chosen by measurement
+    blend: str = "auto"  # auto: the model's recommendation for the mask kind, else engine/blend.py's AUTO
     seed: int = 0
     overwrite: bool = False
     save_progress: bool = False
@@ -72,3 +77,13 @@ def _check_type(key: str, value, hint) -> None:
         return  # flags, the search object, shard tuples: taken as given
     if not ok:
         raise ValueError(f"setting {key} must be {want}, got {value!r}")
+
+
+def recommended_for(defaults: dict | None, mask: str | None) -> dict:
+    """A model's recommended settings (its metadata `defaults`) for one mask: the model-wide values with that mask
+    kind's own (defaults["masks"][kind]) laid over them. A mask file, folder or array gets the model-wide values.
+    Search keys as engine.search.RECOMMENDABLE, and "blend" (what `--blend auto` stands for)."""
+    d = {k: v for k, v in (defaults or {}).items() if k != PER_MASK}
+    kind = mask_kind(mask)
+    per = (defaults or {}).get(PER_MASK) or {}
+    return {**d, **(per.get(kind) or {})} if kind is not None and isinstance(per, dict) else d

@@ -270,9 +270,9 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             ray_info["startup_seconds"] = round(time.perf_counter() - t0, 2)
             for note in info["notes"]:
                 log(note if note.startswith("warning:") else f"note: {note}")
-            opts = info["options"]  # the model's recommended settings, applied once when it was opened
+            asked, opts = opts.blend, info["options"]  # the model's recommended settings, applied once when opened
             summary = Summary(skipped=skipped, settings=job_settings(
-                src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"]))
+                src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"], asked))
             summary.ray = ray_info
             note = resume_note(summary, out_dir, len(todo), single_image_job(src, dst))
             if note:

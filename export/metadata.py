@@ -12,8 +12,10 @@ Keys (the runtime backends rely on these exact names):
     precision        str   "fp32", "fp16" or "bf16" (bf16: weights stored as bf16, computed in fp32)
     unroll           int   momentum steps per call of the step graph (1 for the generator)
     batch            "dynamic" or int (the graph's fixed batch size)
-    defaults         dict  the recommended search settings (iters, lr, momentum, lam, optimizer, patience):
-                           RECOMMENDED unless `gcomp export --recommend` says otherwise
+    defaults         dict  the recommended settings: search (iters, lr, momentum, lam, optimizer, patience),
+                           optionally `blend` (what --blend auto stands for) and `masks` {KIND: {KEY: VALUE}}
+                           (per mask kind, over the model-wide values): RECOMMENDED unless `gcomp export
+                           --recommend` says otherwise
     config_hash      str   ModelConfig.hash() of the checkpoint's config (the architecture)
     model_config     dict  asdict(ModelConfig)
     mask_convention  str   "w: 1 = known pixel, 0 = hole; mask files: white = fill"
@@ -53,11 +55,11 @@ DEFAULT_LICENSE = "unspecified (set it with gcomp export --license)"
 
 
 def parse_recommend(text: str | dict | None) -> dict[str, Any]:
-    """`iters=100,lr=3e-4,...` (or a dict) -> RECOMMENDED with those keys replaced; keys are
-    engine.search.RECOMMENDABLE. Checked against SearchParams, so a bad value fails at export."""
-    from dataclasses import fields
-
-    from ..engine.search import RECOMMENDABLE
+    """`iters=100,lr=3e-4,blend=poisson:0.75,left.blend=poisson:1` (or a dict) -> RECOMMENDED with those keys
+    replaced. Keys: engine.search.RECOMMENDABLE and `blend` (what `--blend auto` stands for), each also as
+    KIND.KEY for one mask kind (engine.masks.KINDS; "half" is "left"), stored under defaults["masks"][KIND].
+    Checked against SearchParams and the blend parser, so a bad value fails at export."""
+    from ..engine.options import PER_MASK
 
     rec = dict(RECOMMENDED)
     if not text:
@@ -69,19 +71,69 @@ def parse_recommend(text: str | dict | None) -> dict[str, Any]:
             if not eq:
                 raise ValueError(f"--recommend: expected KEY=VALUE, got {part!r}")
             given[key.strip()] = value.strip()
-    types = {f.name: f.type for f in fields(SearchParams)}
-    for key, value in given.items():
-        if key not in RECOMMENDABLE:
-            raise ValueError(f"--recommend: unknown setting {key!r} (choose from {', '.join(RECOMMENDABLE)})")
-        try:
-            rec[key] = value if key == "optimizer" else (int if "int" in str(types[key]) else float)(value)
-        except ValueError:
-            raise ValueError(f"--recommend: {key}={value!r} is not a number") from None
-    try:
-        SearchParams(**rec)  # the settings must make a valid search
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--recommend: {e}") from None
+    per_mask = given.pop(PER_MASK, None) or {}  # a dict already in the stored form
+    if not isinstance(per_mask, dict):
+        raise ValueError(f"--recommend: {PER_MASK} must map mask kinds to settings, got {per_mask!r}")
+    per_mask = {kind: dict(values) for kind, values in per_mask.items()}
+    for key in [k for k in given if "." in k]:
+        kind, _, name = key.partition(".")
+        per_mask.setdefault(kind, {})[name] = given.pop(key)
+    rec.update(_recommended_values(given, ""))
+    if per_mask:
+        rec[PER_MASK] = {}
+        for kind, values in per_mask.items():
+            rec[PER_MASK][_mask_kind(kind)] = _recommended_values(values, f"{kind}.")
+            _check_search({**rec, **rec[PER_MASK][_mask_kind(kind)]}, f"for the {kind} mask ")
+    _check_search(rec, "")
     return rec
+
+
+def _mask_kind(name: str) -> str:
+    from ..engine.masks import ALIASES, KINDS
+
+    kind = ALIASES.get(name, name)
+    if kind not in KINDS or kind == "full":
+        raise ValueError(f"--recommend: {name!r} is not a mask kind (KIND.KEY=VALUE, KIND one of "
+                         f"{', '.join(k for k in KINDS if k != 'full')})")
+    return kind
+
+
+def _recommended_values(given: dict, prefix: str) -> dict:
+    """Recommended KEY=VALUE strings (or values) -> typed values; unknown keys and unparseable values refused."""
+    from dataclasses import fields
+
+    from ..engine.blend import blend_name
+    from ..engine.search import RECOMMENDABLE
+
+    types = {f.name: f.type for f in fields(SearchParams)}
+    out = {}
+    for key, value in given.items():
+        if key == "blend":
+            try:
+                out[key] = blend_name(str(value))
+            except ValueError as e:
+                raise ValueError(f"--recommend: {prefix}{key}: {e}") from None
+            if value == "auto":
+                raise ValueError(f"--recommend: {prefix}blend=auto names no blend (give poisson:A or none)")
+            continue
+        if key not in RECOMMENDABLE:
+            raise ValueError(f"--recommend: unknown setting '{prefix}{key}' (choose from "
+                             f"{', '.join(RECOMMENDABLE + ('blend',))}, each also as KIND.KEY)")
+        try:
+            out[key] = value if key == "optimizer" else (int if "int" in str(types[key]) else float)(value)
+        except ValueError:
+            raise ValueError(f"--recommend: {prefix}{key}={value!r} is not a number") from None
+    return out
+
+
+def _check_search(rec: dict, where: str) -> None:
+    """The recommended search settings must make a valid search."""
+    from ..engine.search import RECOMMENDABLE
+
+    try:
+        SearchParams(**{k: v for k, v in rec.items() if k in RECOMMENDABLE})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--recommend: {where}{e}") from None
 
 
 class MetadataError(ValueError):
