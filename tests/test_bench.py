@@ -168,3 +168,28 @@ def test_a_bad_option_is_refused_before_any_work(args, needle, monkeypatch):
     r = CliRunner().invoke(app, ["bench", *args])
     assert r.exit_code == 2, r.output
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ") and needle in r.stderr
+
+
+def test_the_end_to_end_benchmark_times_the_job_its_stages_telea_and_the_seed_loop(tmp_path):
+    """benchmarks/e2e.py over a tiny folder (the small bundled model): every figure present and positive, the job's
+    outputs all done, the ratios computed from figures of the same run."""
+    pytest.importorskip("torch")
+    import cv2
+
+    from gcomp.benchmarks.e2e import STAGES, e2e, table
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (tmp_path / "in" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / str(i % 2) / f"{i}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    r = e2e(tmp_path / "in", "small", "onnxruntime", iters=(0, 2), batch_size=4, io_threads=2, seed_steps=1,
+            log=lambda m: None)
+    assert r["images"] == 6 and [run["iters"] for run in r["runs"]] == [0, 2]
+    for run in r["runs"]:
+        assert run["done"] == 6 and run["failed"] == 0 and run["images_per_s"] > 0
+        assert set(run["stages_s"]) == set(STAGES) and run["stages_sum_s"] > 0
+    assert r["runs"][0]["stages_s"]["search"] == 0  # 0 iterations: no search step runs
+    assert r["telea"] and all(v > 0 for v in r["telea"].values())
+    seed = r["runs"][1]
+    assert seed["speedup_vs_seed_loop"] == pytest.approx(seed["images_per_s"] / seed["seed_loop_images_per_s"])
+    assert r["machine"]["cpu_kind"] in table(r) and "| 2 |" in table(r)
