@@ -31,7 +31,8 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
     """Search, pick the best restart, blend, composite. Returns each image in its original layout
     (an in-memory array: RGB). opts.search is used as given (gcomp.open_model fills in the model's
     recommended settings). With an encoder, each image's first start is the encoder's latent; further
-    restarts are random."""
+    restarts are random. stats: each image's final loss (NaN at 0 iterations with one start: not computed), the
+    restart that won, the search's seconds and its mean loss per step."""
     info = backend.info
     n, R = len(batch), opts.restarts
     keys = [p.item.key for p in batch]
@@ -44,10 +45,17 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
     cb = None
     if on_progress is not None:
         cb = lambda i, z: on_progress(i, z[::R])  # noqa: E731 (each image's first start)
-    res = backend.search(z0, yR, wR, opts.search, cb)
-    loss = res.loss.reshape(n, R)
-    best = loss.argmin(1)
-    z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
+    if opts.search.iters == 0 and R == 1:
+        # No step and one start: the loss would decide nothing, so no graph computes it (it is a whole forward
+        # and backward pass of G and D, more than the encoder and the generator together): reported as NaN.
+        z_best, loss, best = z0, np.full((n, 1), np.nan), np.zeros(n, int)
+        seconds, history = 0.0, []
+    else:
+        res = backend.search(z0, yR, wR, opts.search, cb)
+        loss = res.loss.reshape(n, R)
+        best = loss.argmin(1)
+        z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
+        seconds, history = res.seconds, res.history
     x = backend.generate(z_best)
     outs = []
     for p, xi in zip(batch, x):
@@ -57,8 +65,7 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
             outs.append(np.where(p.known.astype(bool)[:, :, None], p.image.rgb, fill))
         else:
             outs.append(images.composite(p.image.original, fill, p.known))
-    stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": res.seconds,
-             "history": res.history}
+    stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": seconds, "history": history}
     return outs, stats
 
 

@@ -133,6 +133,23 @@ def test_restart_selection_keeps_the_lowest_final_loss():
     assert stats["best_restart"] == [1, 1] and stats["loss"] == [1.0, 2.0]
 
 
+def test_no_graph_computes_a_loss_that_decides_nothing():
+    """0 iterations and one start: the encoder's (here the start's) latent goes straight to the generator; the
+    step graph (a forward and backward pass of G and D) is not called for a loss nothing uses."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    known = make_mask("center", 8)
+    item = Prepared(Item(None, "im.png", None), images.Image(rgb, rgb), known, images.to_model_input(rgb, 8),
+                    known[None], known[None])
+    be = _FakeBackend([1.0])
+    be.search = None  # any call fails
+    outs, stats = complete_batch(be, [item], CompleteOptions(search=SearchParams(iters=0)))
+    assert np.isnan(stats["loss"][0]) and stats["best_restart"] == [0] and stats["seconds"] == 0.0
+    be2 = _FakeBackend([1.0])
+    outs2, _ = complete_batch(be2, [item], CompleteOptions(search=SearchParams(iters=0), restarts=1, blend="none"))
+    outs3, stats3 = complete_batch(_FakeBackend([4.0]), [item], CompleteOptions(search=SearchParams(iters=1), blend="none"))
+    assert np.array_equal(outs2[0], outs3[0]) and stats3["loss"] == [4.0]  # the same latent, searched or not
+
+
 def test_save_progress_writes_snapshots(tiny_ckpt, faces, tmp_path):
     out = tmp_path / "out"
     s = complete(faces[0].parent, out, tiny_ckpt, progress=False,
