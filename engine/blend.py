@@ -124,16 +124,15 @@ def _poisson(rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, weight: float 
     if system is None:  # no hole pixel touches a known one: nothing pins the solution
         return out
     lu, ys, xs, nbrs = system
-    for c in range(fill.shape[2]):
-        # only the hole's pixels and their neighbours are read (no float copy of the image); G's values are weighted,
-        # and only their differences are used; the input's pixels count only where known: the hole is never read
-        g, known_px = fill[:, :, c], rgb[:, :, c]
-        gp = weight * g[ys, xs].astype(np.float64)
-        b = np.zeros(len(ys))
-        for qy, qx, inside, qknown in nbrs:
-            b += (np.where(inside, gp - weight * g[qy, qx].astype(np.float64), 0)
-                  + np.where(qknown, known_px[qy, qx].astype(np.float64), 0))
-        out[ys, xs, c] = np.clip(np.rint(lu.solve(b)), 0, 255).astype(np.uint8)
+    # only the hole's pixels and their neighbours are read (no float copy of the image); G's values are weighted,
+    # and only their differences are used; the input's pixels count only where known: the hole is never read.
+    # All channels at once: one right-hand side per channel, one solve.
+    gp = weight * fill[ys, xs].astype(np.float64)  # [n, C]
+    b = np.zeros_like(gp)
+    for qy, qx, inside, qknown in nbrs:
+        b += (np.where(inside[:, None], gp - weight * fill[qy, qx].astype(np.float64), 0)
+              + np.where(qknown[:, None], rgb[qy, qx].astype(np.float64), 0))
+    out[ys, xs] = np.clip(np.rint(lu.solve(b)), 0, 255).astype(np.uint8)
     return out
 
 
