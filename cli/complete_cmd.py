@@ -32,9 +32,10 @@ def complete(
     input: Path = typer.Argument(..., metavar="INPUT", help="An image, or a folder (searched recursively)."),
     output: Path = typer.Argument(..., metavar="OUTPUT", help="Output folder (mirrors the input tree), or an image path for one input image."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled 64x64 face model (ONNX Runtime on CPU)",
-                                         help="A checkpoint (.pt or run folder) or an export folder."),
+                                         help="A checkpoint (.pt or run folder), an export folder, or a bundled model "
+                                         "by name: default, small (4x cheaper, lower quality)."),
     mask: str = typer.Option("center", "--mask", help="A kind: center[:scale], random[:fraction], left, right, top, bottom, "
-                             "grid[:step], lowres[:step], pattern[:fraction]; or a mask file / folder (white = fill). See Masks."),
+                             "grid[:step], lowres[:step], pattern[:fraction], strokes[:count]; or a mask file / folder (white = fill). See Masks."),
     iters: Optional[int] = typer.Option(None, "--iters", show_default="the model's, else the seed's 1000", help="Search iterations per image."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images searched together."),
     restarts: int = typer.Option(1, "--restarts", help="Latents per image (the encoder's first, then random); the lowest final loss wins."),
@@ -79,8 +80,10 @@ def complete(
     from ..engine.options import CompleteOptions
     from ..engine.ray_driver import complete_ray
     from ..engine.search import SearchParams
-    from .errors import runtime_errors, user_errors
+    from .errors import fail, runtime_errors, user_errors
 
+    if io_threads is not None and io_threads < 1:  # CompleteOptions calls it `workers`, which here reads as --workers
+        raise fail(f"--io-threads must be >= 1, got {io_threads}")
     with user_errors(*runtime_errors()), _interrupted():
         opts = CompleteOptions(
             mask=mask, batch_size=batch_size, restarts=restarts, seed=seed, overwrite=overwrite,

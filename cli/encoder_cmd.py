@@ -1,12 +1,14 @@
 """`gcomp train-encoder`: train E(masked image, mask) -> z against a frozen generator and export it."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List
 
 import typer
 
 from .errors import fail
+from .export_cmd import _table
 
 
 def train_encoder(
@@ -22,12 +24,14 @@ def train_encoder(
     train_precision: str = typer.Option("auto", "--train-precision", help="Training compute, as gcomp train's --precision: auto (bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere), fp32 or bf16."),
 ):
     """Train the encoder that starts `gcomp complete`'s search (--init encoder) and export it."""
+    from ..engine.backends.exported import ENCODER_VALIDATION_FILE
     from ..export.encoder import PRECISIONS
 
     if precision not in PRECISIONS:  # here, not after training, which export_encoder would refuse only then
         raise fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     try:
         from ..export.encoder import export_encoder
+        from ..export.validate import EncoderValidationError
         from ..train.checkpoint import CheckpointError
         from ..train.data import DataError
         from ..train.encoder import EncoderConfig, train_encoder as run
@@ -38,6 +42,12 @@ def train_encoder(
                                batch_size=batch_size, lr=lr, seed=seed, device=device,
                                precision=train_precision), log=lambda m: typer.echo(m, err=True))
         path = export_encoder(pt, pt.parent, precision)
+    except EncoderValidationError as e:  # as gcomp export's: the table, the line with the digits that decide, exit 1
+        _table(e.report, "encoder validation")
+        raise fail(str(e), code=1) from None
     except (CheckpointError, DataError, ValueError) as e:
         raise fail(str(e)) from None
+    report = path.parent / ENCODER_VALIDATION_FILE
+    _table(json.loads(report.read_text()), "encoder validation")
+    typer.echo(f"encoder validation passed; report saved as {report}")
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {pt}")

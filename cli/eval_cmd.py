@@ -12,7 +12,7 @@ from .errors import fail
 
 def evaluate(
     data: Path = typer.Argument(..., metavar="DATA", help="A folder or a tar of images (e.g. ../shared/data/celeba64/val.tar)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled model", help="A checkpoint or an export folder."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled model", help="A checkpoint, an export folder, or a bundled model by name: default, small."),
     mask: str = typer.Option("center,random,half,pattern", "--mask", help="Comma-separated mask kinds (half = left)."),
     iters: Optional[int] = typer.Option(None, "--iters", show_default="the model's, else the seed's", help="Search iterations per image."),
     limit: int = typer.Option(100, "--limit", help="Images per mask kind (the first N)."),

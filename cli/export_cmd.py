@@ -78,15 +78,17 @@ def export(
                f"{total / 1e6:.1f} MB in {result['out_dir']}")
 
 
-def _table(report: dict) -> None:
+def _table(report: dict, what: str = "validation") -> None:
+    """The report's checks as a table (also train-encoder's, whose report has no unroll or trajectory)."""
     from rich.console import Console
     from rich.table import Table
 
     from ..export.validate import format_table
 
-    table = Table(title=f"validation vs PyTorch ({report['precision']})",
-                  caption=f"unroll {report['unroll']}, batch {report['batch_size']}, "
-                          f"{report['trajectory_steps']}-step trajectory; relative error = {report['relative_error']}")
+    how = (f"unroll {report['unroll']}, batch {report['batch_size']}, {report['trajectory_steps']}-step trajectory"
+           if "trajectory_steps" in report else f"batch {report['batch_size']}, {report.get('inputs', '')}")
+    table = Table(title=f"{what} vs PyTorch ({report['precision']})",
+                  caption=f"{how}; relative error = {report['relative_error']}")
     for col in ("check", "max abs", "max rel", "tolerance", ""):
         table.add_column(col, justify="left" if col == "check" else "right")
     for row in format_table(report):

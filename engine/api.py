@@ -31,7 +31,10 @@ from .options import CompleteOptions, recommended_for
 from .prepare import Prepared, prepare_image
 from .search import SearchParams
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = MODELS / "default"
+#: the models that ship inside the package, by the name --model takes (a path of that name wins)
+BUNDLED = ("default", "small")
 Mask = str | np.ndarray
 
 
@@ -43,15 +46,27 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
+def model_path(model: str | os.PathLike | None) -> Path:
+    """What --model names: None is the default model; a bundled model's name (BUNDLED: "default", "small") is
+    that model unless a file or folder of that name exists here; anything else is a path."""
+    if model is None:
+        return default_model()
+    p = Path(model)
+    if not p.exists() and str(model) in BUNDLED and (MODELS / str(model) / "step.onnx").is_file():
+        return MODELS / str(model)
+    return p
+
+
 def open_model(model: str | os.PathLike | None = None, *, backend: str = "auto", device: str = "cpu",
                precision: str | None = None, threads: int | None = None, streams: int | None = None,
                cuda_graph: bool | None = None, allow_unvalidated: bool = False, **backend_options) -> "Model":
-    """Open `model` (None: the bundled one; a checkpoint, an export folder, or its generator/step file) on
+    """Open `model` (None: the bundled default; a bundled model's name, BUNDLED; a checkpoint, an export folder, or
+    its generator/step file) on
     `backend` (auto: by the model's file type) and `device` (cpu, cuda, cuda:N). Options a backend does not
     take are refused (BackendError); None means the backend's default. An export whose validation failed
     (validation.json "ok": false) is refused unless allow_unvalidated (then a warning is in `notes`), and so
     are graphs or an encoder exported from different checkpoints. Close it with close() or a `with` block."""
-    source = default_model() if model is None else Path(model)
+    source = model_path(model)
     given = {"precision": precision, "threads": threads, "streams": streams, "cuda_graph": cuda_graph, **backend_options}
     if allow_unvalidated:
         given["allow_unvalidated"] = True

@@ -72,12 +72,18 @@ MAX_PIXELS = _max_pixels()
 
 def check_size(w: int, h: int, name: str) -> None:
     """Refuse (ImageError, naming the file) an image under MIN_SIDE on a side or over MAX_PIXELS."""
-    if min(w, h) < MIN_SIDE:
-        raise ImageError(f"{name}: {w}x{h} is too small to complete (the minimum is {MIN_SIDE}x{MIN_SIDE} pixels)")
+    check_min_side(w, h, name)
     if MAX_PIXELS and w * h > MAX_PIXELS:
         raise ImageError(f"{name}: {w}x{h} is {_megapixels(w * h)} megapixels, over the limit of "
                          f"{_megapixels(MAX_PIXELS)} (GCOMP_MAX_IMAGE_PIXELS=N raises it, 0 lifts it; completing takes "
                          f"~25 bytes per pixel)")
+
+
+def check_min_side(w: int, h: int, name: str) -> None:
+    """Refuse (ImageError) an image under MIN_SIDE on a side: files when read, arrays when prepared (a mask kind
+    drawn on 1x1 pixels keeps them all, and "nothing to fill" would blame the mask)."""
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"{name}: {w}x{h} is too small to complete (the minimum is {MIN_SIDE}x{MIN_SIDE} pixels)")
 
 
 def _megapixels(n: int) -> str:

@@ -42,8 +42,8 @@ class Summary:
     settings: dict = field(default_factory=dict)
     summary_path: str = ""
     ray: dict = field(default_factory=dict)  # the Ray driver's cluster settings and per-worker counts
-    # the settings of skipped outputs an earlier run made with other settings (resume_note), so the summary
-    # describes every output in the folder
+    # the settings of skipped outputs an earlier run made with other settings (resume_note), or with these when this
+    # run made none itself (_carry_forward), so the summary describes every output in the folder
     earlier_settings: list = field(default_factory=list)
     interrupted: bool = False  # stopped by Ctrl-C: `done` counts the outputs written before it
 
@@ -226,7 +226,7 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_paths(src: Path, dst: Path) -> None:
     """Inputs are never written: refuse OUTPUT equal to INPUT, an OUTPUT folder inside the INPUT folder (a
     later run would list its outputs as inputs), an INPUT inside the OUTPUT folder, and a single image whose
-    OUTPUT is the same file. Symbolic links are resolved first."""
+    OUTPUT is the same file. Symbolic links are resolved first. A folder INPUT's OUTPUT must be a folder."""
     rs, rd = src.resolve(), dst.resolve()
     if src.is_file():
         check_image_output(dst)
@@ -234,6 +234,7 @@ def check_paths(src: Path, dst: Path) -> None:
         if out_file == rs or (dst.exists() and not dst.is_dir() and os.path.samefile(src, dst)):
             raise JobError(f"{dst}: the output would overwrite the input image {src}; choose another OUTPUT")
         return
+    check_folder_output(src, dst)
     if rd == rs:
         raise JobError(f"{dst}: OUTPUT is the INPUT folder; gcomp never writes over its inputs: choose another OUTPUT")
     if _inside(rd, rs):
@@ -250,6 +251,14 @@ def check_image_output(dst: Path) -> None:
         raise JobError(f"{dst}: {dst.suffix} is not an image format gcomp writes ({', '.join(images.SUFFIXES)}); "
                        f"OUTPUT for one image is an image path or a folder (an existing one, or a name without a "
                        f"suffix)")
+
+
+def check_folder_output(src: Path, dst: Path) -> None:
+    """A folder INPUT writes a tree of outputs, so OUTPUT is a folder: an image file name (`out.png`) that is not an
+    existing folder is refused, rather than made a folder of that name (the user meant one image, or a typo)."""
+    if images.is_image_name(dst) and not dst.is_dir():
+        raise JobError(f"{dst}: INPUT {src} is a folder, so OUTPUT must be a folder, not an image file name; "
+                       f"choose a folder name")
 
 
 def check_job(input, output, opts: CompleteOptions) -> tuple[Path, Path, MaskSpec, Path]:
@@ -380,6 +389,22 @@ def _made_outputs(summary_file: str | Path) -> bool:
         return False
 
 
+def _carry_forward(summary: Summary, path: Path) -> None:
+    """A run that made no output but replaces the summary (it had failures to record) keeps, in earlier_settings, the
+    settings of the outputs that summary described: else they are lost (a summary's own settings count only when it
+    made outputs), and a rerun with another --mask would fill the failed images with it without a warning."""
+    try:
+        prev = json.loads(path.read_text())
+        runs = ([prev["settings"]] if prev.get("done") else []) + list(prev.get("earlier_settings") or [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # none, or not ours
+    have = [_fingerprint(st) for st in summary.earlier_settings]
+    for st in runs:
+        if isinstance(st, dict) and _fingerprint(st) not in have:
+            have.append(_fingerprint(st))
+            summary.earlier_settings.append(st)
+
+
 def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: float,
                    write: bool = True) -> Summary:
     """Time it and write it atomically (one summary per shard). write=False (a single-image job whose
@@ -395,5 +420,7 @@ def finish_summary(summary: Summary, out_dir: Path, opts: CompleteOptions, t0: f
         # warned, and the outputs are still the ones that record describes (earlier runs' summaries, in any shard,
         # stay as they were)
         return summary
+    if not summary.done and summary.skipped:
+        _carry_forward(summary, Path(summary.summary_path))
     images.write_atomic(summary.summary_path, json.dumps(summary.as_dict(), indent=2).encode())
     return summary

@@ -16,9 +16,9 @@ import numpy as np
 
 from . import images
 
-KINDS = ("center", "random", "left", "right", "top", "bottom", "grid", "lowres", "pattern", "full")
+KINDS = ("center", "random", "left", "right", "top", "bottom", "grid", "lowres", "pattern", "strokes", "full")
 ALIASES = {"half": "left"}  # the paper's "half" mask is the left half
-DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern": 0.25}
+DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern": 0.25, "strokes": 4}
 WEIGHT_WINDOW = 7  # the paper's neighbourhood for the weighted context loss
 
 
@@ -77,6 +77,8 @@ def make_mask(kind: str, size: int, param: float | None = None, rng: np.random.G
         m[::step, ::step] = 1
     elif kind == "pattern":  # random blobs, like the paper's (Context Encoder) pattern masks
         m = _blobs(size, p, rng)
+    elif kind == "strokes":  # free-form brush strokes, like those users draw over what they want removed
+        m = _strokes(size, _count(kind, p), rng)
     return m
 
 
@@ -84,6 +86,30 @@ def _step(kind: str, p: float) -> int:
     if p != int(p) or p < 2:
         raise MaskError(f"{kind} step must be an integer >= 2, got {p:g}")
     return int(p)
+
+
+def _count(kind: str, p: float) -> int:
+    if p != int(p) or p < 1:
+        raise MaskError(f"{kind} count must be an integer >= 1, got {p:g}")
+    return int(p)
+
+
+def _strokes(size: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` brush strokes: polylines of 3-6 segments in random directions, each segment 1/8-1/4 of the image
+    long, the brush 1/16-1/8 of it wide, round joints (the free-form masks of DeepFill v2, drawn smaller)."""
+    hole = np.zeros((size, size), np.uint8)
+    for _ in range(n):
+        x, y = rng.uniform(0, size, 2)
+        width = max(1, int(round(rng.uniform(size / 16, size / 8))))
+        angle = rng.uniform(0, 2 * np.pi)
+        for _ in range(int(rng.integers(3, 7))):
+            angle += rng.uniform(-np.pi / 2, np.pi / 2)
+            length = rng.uniform(size / 8, size / 4)
+            nx = float(np.clip(x + length * np.cos(angle), 0, size - 1))
+            ny = float(np.clip(y + length * np.sin(angle), 0, size - 1))
+            cv2.line(hole, (int(x), int(y)), (int(nx), int(ny)), 1, width, cv2.LINE_8)
+            x, y = nx, ny
+    return (1 - hole).astype(np.float32)
 
 
 def _blobs(size: int, fraction: float, rng: np.random.Generator) -> np.ndarray:

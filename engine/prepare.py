@@ -37,6 +37,7 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
     """mask: a MaskSpec (kinds are drawn per image from `seed` and item.key), or a full-resolution array,
     1 = known. With face="auto", a mask kind on an image larger than the model applies to the face crop."""
     h, w = image.shape
+    images.check_min_side(w, h, item.key)  # a file was checked when read; an array (the Python API) is here
     box = None
     is_kind = isinstance(mask, MaskSpec) and mask.kind is not None
     if face == "auto" and is_kind and max(h, w) > size:

@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 from . import images
-from .api import default_model, open_model
+from .api import model_path, open_model
 from .backends import BackendError, backend_for
 from .batch import progress_writer
 from .images import ImageError, OutputError
@@ -237,8 +237,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
     ray = import_ray()  # before any work: a missing Ray is a one-line error
     t0 = time.perf_counter()
     tag = start_writing(out_dir, opts)
-    if model is None:
-        model = default_model()
+    model = model_path(model)  # None: the default; "small": a bundled model by name
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if device.startswith("cuda") else 0.0
     if cpus_per_worker is None:

@@ -200,8 +200,8 @@ def write_report(path: Path, report: dict[str, Any], raise_on_failure: bool, wha
     Path(path).write_text(json.dumps(report, indent=2))
     if raise_on_failure and not report["ok"]:
         bad = [r for r in report["checks"] if not r["ok"]]
-        lines = ", ".join(f"{r['name']}: relative error {r['max_rel']:.5g} > tolerance {r['tol']:.5g} "  # digits that decide (0.20008 > 0.2)
-                          f"(max abs {r['max_abs']:.3g})" for r in bad)
+        lines = ", ".join(f"{r['name']}: relative error {decisive(r['max_rel'], r['tol'])} > tolerance {r['tol']:.5g} "
+                          f"(max abs {r['max_abs']:.3g})" for r in bad)  # the digits that decide (0.2001 > 0.2)
         raise error(f"{what} failed ({report['precision']}): {lines}", report)
     return report
 
@@ -405,6 +405,15 @@ def format_table(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
     for r in report["checks"]:
         tol = "-" if r["tol"] is None else f"{r['tol']:.0e}"
         ok = "info" if r["tol"] is None else ("ok" if r["ok"] else "FAIL")
-        out.append((r["name"], f"{r['max_abs']:.3g}", f"{r['max_rel']:.3g}", tol, ok))
+        out.append((r["name"], f"{r['max_abs']:.3g}", decisive(r["max_rel"], r["tol"]), tol, ok))
     return out
 
+
+def decisive(x: float, tol: float | None) -> str:
+    """x with 3 significant digits, or as many more as it takes to show which side of tol it is on: 0.20008 against
+    0.2 prints as 0.2001, not 0.2 (which would read as passing)."""
+    for digits in range(3, 10):
+        s = f"{x:.{digits}g}"
+        if tol is None or not math.isfinite(x) or ((float(s) <= tol) == (x <= tol) and (float(s) != tol or x == tol)):
+            return s
+    return repr(x)

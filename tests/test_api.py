@@ -1,6 +1,7 @@
 """The public API (gcomp.open_model): the README's example runs as written, and every way in
 (the lower-level batch functions, arrays, files, `gcomp complete`, `gcomp eval`, the Ray driver)
 gives the same bytes for the same settings."""
+import json
 import re
 import subprocess
 import sys
@@ -59,6 +60,19 @@ def test_arrays_and_mask_arrays():
             model.complete(rgb, hole[:10])
         with pytest.raises(gcomp.BackendError, match="does not apply"):
             gcomp.open_model(threads=1, fast=True)
+
+
+def test_the_bundled_models_open_by_name_and_a_path_of_that_name_wins(tmp_path, monkeypatch):
+    from gcomp.engine.api import DEFAULT_MODEL, MODELS, model_path
+
+    assert model_path(None) == model_path("default") == DEFAULT_MODEL
+    with gcomp.open_model("small", backend="onnxruntime") as small, gcomp.open_model(backend="onnxruntime") as default:
+        gf = [json.loads(m.info.meta["model_config"])["gf"] for m in (small, default)]
+        assert small.source == MODELS / "small" and gf == [32, 64]  # the seed's size is the default
+        assert small.encoder() is not None and default.encoder() is not None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small").mkdir()
+    assert model_path("small") == Path("small")  # the user's folder, not the bundled model
 
 
 def test_misuse_is_one_clear_error_naming_what_is_wrong():

@@ -1,5 +1,6 @@
 """The encoder start: training against a frozen G, export, and `gcomp complete --init`."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ def with_encoder(tiny_ckpt, tmp_path_factory):
     r = runner.invoke(app, ["train-encoder", str(tiny_ckpt), str(faces[0].parent), "--out", str(out),
                             "--steps", "30", "--batch-size", "8"])
     assert r.exit_code == 0, r.output
+    assert "encoder validation vs PyTorch (fp32)" in r.stdout and "encoder validation passed" in r.stdout  # the table
     return out, faces
 
 
@@ -258,3 +260,36 @@ def test_export_of_another_checkpoint_or_none_is_refused(with_encoder, tmp_path)
     with pytest.raises(ValueError, match="weights id 0123456789abcdef; this encoder was trained for"):
         export_encoder(out / "encoder.pt", alien)
     assert _files(alien) == before
+
+
+def test_a_failed_encoder_validation_prints_the_table_and_the_digits_that_decide(with_encoder, tiny_ckpt, monkeypatch,
+                                                                                   tmp_path):
+    """As gcomp export's: the table of checks (FAIL row), then one `error:` line with the numbers, exit 1 (it once
+    exited 2 with the line alone)."""
+    import shutil
+
+    from gcomp.export import validate
+
+    out, faces = with_encoder
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    monkeypatch.setitem(validate.TOLERANCES, "fp32", {k: 1e-12 for k in validate.TOLERANCES["fp32"]})
+    r = runner.invoke(app, ["train-encoder", str(tiny_ckpt), str(faces[0].parent), "--out", str(again),
+                            "--steps", "2", "-b", "8"])
+    assert r.exit_code == 1, r.output
+    assert "encoder validation vs PyTorch (fp32)" in r.stdout and "FAIL" in r.stdout and "1e-12" in r.stdout
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert re.fullmatch(r"error: encoder validation failed \(fp32\): z: relative error [0-9.e+-]+ > tolerance 1e-12 "
+                        r"\(max abs [0-9.e+-]+\)", line), line
+    assert not json.loads((again / "encoder_validation.json").read_text())["ok"]  # kept for debugging, refused later
+
+
+def test_the_table_shows_the_digits_that_decide():
+    """0.20008 against a tolerance of 0.2 once printed as 0.2 on both sides of a FAIL."""
+    from gcomp.export.validate import decisive, format_table
+
+    assert decisive(0.20008, 0.2) == "0.2001" and decisive(0.19996, 0.2) == "0.19996"
+    assert decisive(0.2, 0.2) == "0.2" and decisive(1.234e-5, 1e-4) == "1.23e-05"
+    assert decisive(0.123456, None) == "0.123"
+    row = {"name": "z", "max_abs": 0.3, "max_rel": 0.20008, "tol": 0.2, "ok": False}
+    assert format_table({"checks": [row]}) == [("z", "0.3", "0.2001", "2e-01", "FAIL")]

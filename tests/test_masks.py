@@ -36,6 +36,18 @@ def test_grid_lowres_full_pattern():
     assert n - 1 < 40  # blobs, not salt-and-pepper
 
 
+def test_strokes_are_a_few_thick_connected_lines_seeded_per_image():
+    s = make_mask("strokes", 64, rng=np.random.default_rng(0))
+    hole = (1 - s).astype(np.uint8)
+    assert 0.1 < hole.mean() < 0.45  # 4 strokes: a quarter of the face, give or take
+    n, _ = cv2.connectedComponents(hole)
+    assert n - 1 <= 4  # at most one piece per stroke (strokes may cross)
+    assert np.array_equal(s, make_mask("strokes", 64, rng=np.random.default_rng(0)))
+    assert (1 - make_mask("strokes", 64, 12, np.random.default_rng(0))).mean() > hole.mean()
+    with pytest.raises(MaskError, match="integer >= 1"):
+        MaskSpec.parse("strokes:0.5")
+
+
 def test_every_kind_is_binary_float():
     for k in KINDS:
         m = make_mask(k, 32)

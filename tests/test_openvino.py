@@ -1,4 +1,6 @@
 """The openvino backend against the torch oracle; precision choice; the compiled-model cache."""
+import os
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,41 @@ def test_cache_is_not_stale_when_the_model_changes(exported, tmp_path):
         after = vb.cache_dir
         x1 = vb.generate(z)
     assert after != before and any(after.iterdir()) and not np.allclose(x0, x1)
+
+
+def test_opening_reads_each_graph_once_to_hash_it(exported, tmp_path, monkeypatch):
+    """The validation check and the cache folder's name both need the graphs' sha256: opening once hashed each
+    file twice."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    import hashlib
+    import json
+    import shutil
+
+    from gcomp.export.validate import hashes
+
+    m = tmp_path / "m"
+    shutil.copytree(exported, m, ignore=shutil.ignore_patterns(".openvino_cache"))
+    graphs = [m / "generator.onnx", m / "step.onnx"]
+    (m / "validation.json").write_text(json.dumps({"ok": True, "sha256": hashes(*graphs)}))
+    hashed, real = [0], hashlib.sha256
+
+    class Counting:  # hashlib.sha256, counting the bytes it is given
+        def __init__(self, data=b""):
+            self.h = real()
+            self.update(data)
+
+        def update(self, data):
+            hashed[0] += len(data)
+            self.h.update(data)
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    with open_backend(m, "openvino", precision="fp32") as vb:
+        assert any(vb.cache_dir.iterdir())
+    size = sum(os.path.getsize(g) for g in graphs)
+    assert size <= hashed[0] <= size + 1000, (hashed[0], size)  # + the cache name's hash of the two digests
 
 
 def test_cli_openvino_equals_onnxruntime(exported, tmp_path):

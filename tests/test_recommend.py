@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gcomp
-from gcomp.engine.api import DEFAULT_MODEL
+from gcomp.engine.api import MODELS
 from gcomp.engine.blend import AUTO
 from gcomp.engine.options import recommended_for
 from gcomp.export import metadata as md
@@ -18,9 +18,9 @@ PER_KIND = {"iters": 0, "blend": "poisson:0.25", "masks": {"left": {"blend": "no
 
 @pytest.fixture(scope="module")
 def recommending(tmp_path_factory):
-    """The bundled model with a per-mask-kind recommendation written into its metadata."""
+    """The bundled small model with a per-mask-kind recommendation written into its metadata."""
     out = tmp_path_factory.mktemp("recommending") / "model"
-    shutil.copytree(DEFAULT_MODEL, out)
+    shutil.copytree(MODELS / "small", out)  # the small model: fast
     for f in ("generator.onnx", "step.onnx", "encoder.onnx"):
         md.write_metadata(out / f, {"defaults": md.parse_recommend(PER_KIND)})
     return out
@@ -52,7 +52,7 @@ def test_auto_is_the_models_blend_for_the_mask_and_what_is_given_wins(recommendi
         assert model.options(mask="random").search.iters == 2 and model.options(mask="center").search.iters == 0
         assert model.options(mask="half", blend="poisson:0.5").blend == "poisson:0.5"
         assert model.options(mask="random", iters=0).search.iters == 0
-    with gcomp.open_model(DEFAULT_MODEL, **BACKEND) as model:  # a model that recommends no blend: AUTO
+    with gcomp.open_model("small", **BACKEND) as model:  # a model that recommends no blend: AUTO
         assert model.options(mask="half").blend == AUTO
 
 

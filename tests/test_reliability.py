@@ -225,7 +225,7 @@ def test_every_option_is_checked_before_any_work(tmp_path):
         (["--lam", "-3"], ["--lam", ">= 0"]),
         (["--early-stop", "-4"], ["--early-stop", ">= 0"]),
         (["--restarts", "0"], ["--restarts", ">= 1"]),
-        (["--io-threads", "0"], ["--io-threads", ">= 1"]),
+        (["--io-threads", "0"], ["error: --io-threads must be >= 1, got 0"]),  # not `workers` (--workers is Ray's)
         (["--mask", "center:x"], ["center:x", "number"]),
         (["--mask", "full"], ["full", "nothing to fill"]),
         (["--mask", "random:0"], ["random:0", "nothing to fill"]),
@@ -361,6 +361,27 @@ def test_a_rerun_with_nothing_to_do_keeps_the_summary_and_the_next_change_still_
     assert r.exit_code == 0 and "warning:" in r.stderr and "mask" in r.stderr, r.stderr
 
 
+def test_a_rerun_whose_only_work_fails_keeps_the_outputs_settings_so_a_change_still_warns(tiny_ckpt, tmp_path):
+    """The summary of a rerun that completes nothing but has failures to record replaces the one that described the
+    outputs: it once lost their settings, so the next rerun with --mask left filled the fixed image with that mask
+    in silence (OUTPUT mixing masks)."""
+    src, out, args = _faces_job(tiny_ckpt, tmp_path, 2)
+    (src / "bad.png").write_text("not an image")
+    assert runner.invoke(app, args).exit_code == 1
+    r = runner.invoke(app, args)  # nothing new: the bad image fails again
+    s = json.loads((out / "gcomp-summary.json").read_text())
+    assert r.exit_code == 1 and s["done"] == 0 and s["n_failed"] == 1, r.output
+    assert [e["mask"] for e in s["earlier_settings"]] == ["center"]  # the two outputs' settings, carried forward
+    make_faces(tmp_path / "fixed", n=1)
+    (src / "bad.png").write_bytes((tmp_path / "fixed" / "face_00.png").read_bytes())
+    r = runner.invoke(app, [*args, "--mask", "left"])
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert r.exit_code == 0 and len(warnings) == 1 and "mask: center -> left" in warnings[0], r.stderr
+    r = runner.invoke(app, [*args, "--overwrite"])  # all redone with one mask: nothing earlier is left to warn about
+    assert r.exit_code == 0 and "warning:" not in r.stderr, r.stderr
+    assert "earlier_settings" not in json.loads((out / "gcomp-summary.json").read_text())
+
+
 def test_a_rerun_with_other_settings_and_nothing_to_do_warns_and_keeps_the_summary(tiny_ckpt, tmp_path):
     """The outputs are still those the first run made: its summary (figures, settings) stays, byte for byte, while
     the rerun warns that its settings differ; the outputs' own settings again: no warning."""
@@ -374,6 +395,44 @@ def test_a_rerun_with_other_settings_and_nothing_to_do_warns_and_keeps_the_summa
         assert (out / "gcomp-summary.json").read_bytes() == first, extra
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and "warning:" not in r.stderr and "nothing to do" in r.stderr, r.stderr
+
+
+def test_a_folder_to_an_image_file_name_is_refused_and_creates_nothing(tiny_ckpt, tmp_path):
+    """`gcomp complete in/ out.png` once made a folder out.png/ full of outputs; one image to out.png still works."""
+    import gcomp
+
+    src, _, args = _faces_job(tiny_ckpt, tmp_path, 2)
+    for name in ("out.png", "sub/out.JPG"):
+        out = tmp_path / name
+        r = runner.invoke(app, [*args[:2], str(out), *args[3:]])
+        _refused(r, f"{out}: INPUT {src} is a folder, so OUTPUT must be a folder, not an image file name")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"], name  # nothing created, no model loaded
+        with gcomp.open_model(tiny_ckpt) as model, pytest.raises(ValueError, match="OUTPUT must be a folder"):
+            model.complete_files(src, out, iters=1)  # the Python API refuses it too
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"], name
+    r = runner.invoke(app, [*args[:1], str(src / "face_00.png"), str(tmp_path / "out.png"), *args[3:]])
+    assert r.exit_code == 0 and (tmp_path / "out.png").is_file(), r.output  # one image: that file
+    (tmp_path / "folder.png").mkdir()  # an existing folder is a folder, whatever its name
+    r = runner.invoke(app, [*args[:2], str(tmp_path / "folder.png"), *args[3:]])
+    assert r.exit_code == 0 and (tmp_path / "folder.png" / "face_01.png").is_file(), r.output
+
+
+def test_a_tiny_array_is_too_small_not_a_mask_problem():
+    """model.complete on a 1x1 array once said "the mask leaves nothing to fill" (a mask kind drawn on one pixel
+    keeps it): arrays get the minimum files get, in the same words."""
+    import gcomp
+    from gcomp.engine import images
+
+    with gcomp.open_model(backend="onnxruntime") as model:
+        for h, w in ((1, 1), (2, 2), (3, 200)):
+            with pytest.raises(gcomp.ImageError) as e:
+                model.complete(np.full((h, w, 3), 90, np.uint8), name="tiny.png", iters=1)
+            assert str(e.value) == (f"tiny.png: {w}x{h} is too small to complete (the minimum is {images.MIN_SIDE}x"
+                                    f"{images.MIN_SIDE} pixels)")
+        with pytest.raises(gcomp.ImageError, match="^000001: 2x2 is too small"):  # names the image in a list
+            model.complete_many([np.zeros((64, 64, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)], iters=1)
+        side = images.MIN_SIDE
+        assert model.complete(np.full((side, side, 3), 90, np.uint8), iters=1).shape == (side, side, 3)
 
 
 @pytest.mark.parametrize("args, says", [

@@ -80,13 +80,15 @@ def test_every_package_and_module_is_in_the_wheel(wheel):
     assert "gcomp/setup.py" not in names  # the build script is no module of gcomp
 
 
-def test_the_bundled_model_is_in_the_wheel(wheel):
+def test_the_bundled_models_are_in_the_wheel(wheel):
     files, names, _ = wheel
-    model = [f for f in files if f.startswith("models/default/")]
-    assert {PurePosixPath(f).name for f in model} >= {"generator.onnx", "step.onnx", "encoder.onnx", "model.json",
-                                                      "MODEL_CARD.md"}
-    for f in model:
-        assert f"gcomp/{f}" in names, f"{f} is not in the wheel"
+    for name in ("default", "small"):  # engine.api.BUNDLED
+        model = [f for f in files if f.startswith(f"models/{name}/")]
+        assert {PurePosixPath(f).name for f in model} >= {"generator.onnx", "step.onnx", "encoder.onnx", "model.json",
+                                                          "MODEL_CARD.md"}, name
+        for f in model:
+            assert f"gcomp/{f}" in names, f"{f} is not in the wheel"
+    assert not [n for n in names if n.startswith("gcomp/models/candidates/")]  # kept in the repository only
 
 
 def test_the_wheel_has_the_gcomp_command(wheel):

@@ -117,11 +117,11 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
     if name == "torch":
         check_torch_model(model)
     fmt = next(f for f in FORMATS if f.name == name)
-    warnings = []
+    warnings, digests = [], {}
     if name != "torch":  # gcomp export's files: the path must name the graphs, and their validation must have passed
         from .exported import check_model_path, check_validation
 
-        warnings = check_validation(check_model_path(model, fmt.suffixes), allow_unvalidated)
+        warnings = check_validation(check_model_path(model, fmt.suffixes), allow_unvalidated, digests)
     if name == "tensorrt":
         device = "cuda" if device == "cpu" else device
     if device.split(":")[0] not in [d.strip() for d in fmt.devices.split(",")]:
@@ -137,6 +137,7 @@ def open_backend(model: str | Path, backend: str = "auto", device: str = "cpu", 
         raise BackendError(f"{named} does not apply to the {name} backend{chose}")
     be = cls(model, device=device, **options)
     be.notes.extend(warnings)
+    be.file_digests = digests  # the sha256 the check took: OpenVINO names its cache by them without reading again
     if why and name == "openvino":  # the one choice a user might not expect
         be.notes.append(f"--backend auto: {why}")
     if options.get("cuda_graph") is not None and not device.startswith("cuda"):  # taken, but does nothing here

@@ -64,6 +64,8 @@ class Backend:
         self.is_active = False
         #: choices the backend made for the user at activation (precision under auto, ...), one line each
         self.notes: list[str] = []
+        #: file_sha256's memo from open_backend's validation check (files it hashed), for backends that hash them too
+        self.file_digests: dict = {}
 
     def settings(self) -> dict:
         """What the backend runs with, for the job summary (name, device, precision, threads, ...)."""

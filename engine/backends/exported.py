@@ -4,6 +4,7 @@ openvino, tensorrt) checks its model here, and the exporter names its graphs' in
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +88,24 @@ def check_model_path(model: str | Path, suffixes: tuple[str, ...] = (".onnx",)) 
     return p.parent
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path, memo: dict | None = None) -> str:
+    """The file's sha256 (hex). memo: the digests one open_backend has taken so far (Backend.file_digests), so the
+    validation check and OpenVINO's cache folder read each graph once; keyed by the file's identity and stat, so a
+    file rewritten in between is hashed again."""
     import hashlib
 
+    key = None
+    if memo is not None:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in memo:
+            return memo[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    if key is not None:
+        memo[key] = h.hexdigest()
     return h.hexdigest()
 
 
@@ -111,32 +123,32 @@ def read_report(path: Path) -> dict:
     return report
 
 
-def report_mismatch(path: Path, report: dict) -> str | None:
+def report_mismatch(path: Path, report: dict, digests: dict | None = None) -> str | None:
     """Why the report at `path` is not about the files beside it (a file it names differs from the one it
     validated), or None. A named file that is absent is not this check's business (the backend says it is
     missing; a report left beside a removed encoder.onnx describes nothing)."""
     for name, digest in sorted(report.get(HASHES_KEY, {}).items()):
         f = path.parent / name
-        actual = file_sha256(f) if f.is_file() else digest
+        actual = file_sha256(f, digests) if f.is_file() else digest
         if actual != digest:
             ids = f"weights id {report.get(WEIGHTS_KEY)} in the report, {onnx_metadata(f).get(WEIGHTS_KEY)} in the file"
             return f"{name} is not the file it validated (sha256 {actual[:12]}..., the report's {digest[:12]}...; {ids})"
     return None
 
 
-def check_validation(folder: Path, allow_unvalidated: bool = False) -> list[str]:
+def check_validation(folder: Path, allow_unvalidated: bool = False, digests: dict | None = None) -> list[str]:
     """Refuse an export whose validation failed (a report beside the files says "ok": false) or whose report
     belongs to other files (the sha256 it names differ from the files'), unless allow_unvalidated: then one
     warning line each is returned. No report (an export run with --no-validate, or from before validation):
     accepted. A report naming no hashes (from an older gcomp) cannot be matched: a passing one runs with a
-    warning line."""
+    warning line. digests: file_sha256's memo, kept for the backend."""
     warnings = []
     for name in REPORT_FILES:
         path = Path(folder) / name
         if not path.is_file():
             continue
         report = read_report(path)
-        mismatch = report_mismatch(path, report)
+        mismatch = report_mismatch(path, report, digests)
         if mismatch:
             problem = f"this report is about other files: {mismatch}"
         elif report.get("ok") is False:

@@ -1,7 +1,7 @@
 """The OpenVINO backend: the exported ONNX graphs on OpenVINO's CPU plugin, fp32 or bf16, no PyTorch.
 
 OpenVINO reads the ONNX files directly. Compiled models are cached (OpenVINO's `CACHE_DIR`) in a
-folder named by the SHA-256 of the two .onnx files, so a changed model is never served from a
+folder named by the SHA-256s of the two .onnx files, so a changed model is never served from a
 stale entry. The cache lives beside the model, or in the user's cache folder when the model's
 folder is read-only (the bundled model inside site-packages).
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from ..cpu import CPU_BF16_FLAGS, cpu_has_native_bf16  # noqa: F401 (re-exported)
 from .base import Backend, BackendError, split_batch
-from .exported import GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_OUTPUTS, export_info, model_files, onnx_metadata, step_feed
+from .exported import (GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_OUTPUTS, export_info, file_sha256, model_files,
+                       onnx_metadata, step_feed)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -75,7 +76,9 @@ class OpenVINOBackend(Backend):
         core = ov.Core()
         # OpenVINO keys its cache on the file path, not the content (seen with 2026.4: a rewritten
         # .onnx was served from the old entry), so each content gets its own folder.
-        digest = hashlib.sha256(gen_path.read_bytes() + step_path.read_bytes()).hexdigest()[:16]
+        # The files' sha256 as the validation check took them (file_digests): each graph is read once per open.
+        digest = hashlib.sha256(" ".join(file_sha256(p, self.file_digests) for p in (gen_path, step_path))
+                                .encode()).hexdigest()[:16]
         self.cache_dir = cache_dir_for(step_path.parent) / digest
         core.set_property({"CACHE_DIR": str(self.cache_dir)})
         n = self.n_streams = self.streams or 1
