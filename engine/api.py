@@ -122,7 +122,7 @@ class Model:
     def encoder(self, init: str = "auto") -> Encoder | None:
         """The starting-latent encoder for `init` (auto: the model's encoder.onnx if it has one)."""
         if init not in self._encoders:
-            self._encoders[init] = load_encoder(self.source, self.info, init)
+            self._encoders[init] = load_encoder(self.source, self.info, init, self.backend.encoder_openvino)
         return self._encoders[init]
 
     # -- arrays ----------------------------------------------------------------------------------
@@ -200,6 +200,10 @@ class Model:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
+        for enc in self._encoders.values():
+            if enc is not None:
+                enc.close()
+        self._encoders.clear()
         if self.owned:
             self.backend.deactivate()
 

@@ -58,6 +58,9 @@ class Backend:
     fixed_batch: int | None = None
     #: search steps per call of step() (an exported graph may unroll K steps)
     unroll: int = 1
+    #: an OpenVINO CPU compile config for the model's encoder.onnx when this backend is OpenVINO (the encoder runs
+    #: on the search's runtime, engine/encoder.py); None: ONNX Runtime runs it
+    encoder_openvino: dict | None = None
 
     def __init__(self):
         self.info: ModelInfo | None = None

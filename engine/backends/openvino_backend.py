@@ -88,6 +88,8 @@ class OpenVINOBackend(Backend):
                   "PERFORMANCE_HINT": "LATENCY" if n == 1 else "THROUGHPUT", "NUM_STREAMS": n}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        # the encoder runs here too, as one request on all threads at this precision (engine/encoder.py)
+        self.encoder_openvino = {**config, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
             self.gen = core.compile_model(str(gen_path), "CPU", config).create_infer_request()
             step_model = core.compile_model(str(step_path), "CPU", config)
