@@ -57,8 +57,9 @@ class ImageError(ValueError):
 
 def _max_pixels(default: int = 200_000_000) -> int:
     """GCOMP_MAX_IMAGE_PIXELS, else 200 megapixels; 0 = no limit (a value that is not an integer is ignored).
-    Completing one image takes ~25 bytes per pixel at its peak (the decoded image, its RGB copy, the mask, the fill,
-    the output), so the default bounds one image at ~5 GB, and refuses decompression bombs (a small PNG or JPEG
+    Completing one image takes ~40 bytes per pixel at its peak (the decoded image, its RGB copy, the mask, the fill,
+    the output; a hole over 4 megapixels adds ~160 per hole pixel, engine/prepare.py), so the default bounds one
+    image at ~8 GB, and refuses decompression bombs (a small PNG or JPEG
     that decodes to gigabytes) before they are decoded, as PIL's MAX_IMAGE_PIXELS does."""
     try:
         return max(0, int(os.environ.get("GCOMP_MAX_IMAGE_PIXELS", default)))
@@ -76,7 +77,7 @@ def check_size(w: int, h: int, name: str) -> None:
     if MAX_PIXELS and w * h > MAX_PIXELS:
         raise ImageError(f"{name}: {w}x{h} is {_megapixels(w * h)} megapixels, over the limit of "
                          f"{_megapixels(MAX_PIXELS)} (GCOMP_MAX_IMAGE_PIXELS=N raises it, 0 lifts it; completing takes "
-                         f"~25 bytes per pixel)")
+                         f"~40 bytes per pixel)")
 
 
 def check_min_side(w: int, h: int, name: str) -> None:

@@ -57,8 +57,28 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
         known = np.ones((h, w), np.float32)  # the mask kind applies to the face crop
         known[y:y + side, x:x + side] = mask.known(item.key, (side, side), size, seed)
         region = image.rgb[y:y + side, x:x + side]
+    if log is not None:
+        note = large_hole_note(item.key, known)
+        if note:
+            log(note)
     small = to_model_size(known if box is None else known[box[1]:box[1] + box[2], box[0]:box[0] + box[2]], size)
     if small.min() == 1:
         raise MaskError(f"{item.key}: the mask leaves nothing to fill (white / nonzero = fill)")
     return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
                     w=context_weights(small, weighted)[None], known_small=small[None], box=box, rgb_out=rgb_out)
+
+
+#: measured peak memory for a hole too large for the exact blend (engine/blend.py EXACT_MAX: OpenCV's solver on
+#: the hole's box, a Telea fill first, float blocks): ~160 bytes per hole pixel on top of ~40 per image pixel
+#: (10000x10000 photo, no face, center hole: 6.8 GB; 5000x5000: 2.0 GB, 0.98 GB with --blend none)
+LARGE_HOLE_BYTES = 160
+LARGE_HOLE_NOTE = 4_000_000  # hole pixels above which the job says what the blend will cost
+
+
+def large_hole_note(key: str, known: np.ndarray) -> str | None:
+    """A note for a hole so large that blending it dominates the job's memory (None otherwise)."""
+    n = int(known.size - np.count_nonzero(known >= 0.5))
+    if n <= LARGE_HOLE_NOTE:
+        return None
+    return (f"note: {key}: the hole is {n / 1e6:.0f} megapixels: blending it takes ~{n * LARGE_HOLE_BYTES / 1e9:.1f} "
+            f"GB more memory (--blend none needs none; a face crop, --face auto, makes the hole smaller)")

@@ -464,3 +464,14 @@ def test_progress_without_a_terminal_is_periodic_plain_lines(monkeypatch, capsys
     assert "ETA" in lines[0]
     progress.ProgressBar(False, 4).advance()  # disabled: silent
     assert capsys.readouterr().err == ""
+
+
+def test_a_hole_too_large_for_the_exact_blend_is_announced_with_its_cost():
+    from gcomp.engine.prepare import LARGE_HOLE_NOTE, large_hole_note
+
+    known = np.ones((3000, 3000), np.float32)
+    assert large_hole_note("a.png", known) is None
+    known[:2100, :2100] = 0  # 4.4 megapixels of hole
+    note = large_hole_note("a.png", known)
+    assert 2100 * 2100 > LARGE_HOLE_NOTE and note.startswith("note: a.png: the hole is 4 megapixels")
+    assert "0.7 GB" in note and "--blend none" in note
