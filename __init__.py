@@ -8,7 +8,7 @@ The public API (importing gcomp never imports torch; these load on first use):
 
 See gcomp.engine.api for Model (complete, complete_many, complete_files) and the mask convention.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _API = {
     "open_model": "gcomp.engine.api", "Model": "gcomp.engine.api", "default_model": "gcomp.engine.api",

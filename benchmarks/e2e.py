@@ -148,10 +148,10 @@ def e2e(data, model=None, backend="auto", iters=(0, 100), mask="center", io_thre
         report["backend"] = {"name": m.name, **m.backend.settings()}
         sub = data if limit is None else _linked(items, tmp / "input")
         spec = MaskSpec.parse(mask)
-        warm = m.options(mask=mask, iters=max(iters), batch_size=batch_size, workers=io_threads, overwrite=True)
+        warm = m.options(mask=mask, iters=max(iters), batch_size=batch_size, io_threads=io_threads, overwrite=True)
         m.complete_files(_linked(items[:batch_size], tmp / "warm-up"), tmp / "warm-up-out", warm, log=lambda msg: None)
         for n in iters:  # (the warm-up job above: first-call costs of the runtimes are not the job's)
-            opts = m.options(mask=mask, iters=n, batch_size=batch_size, workers=io_threads, overwrite=True)
+            opts = m.options(mask=mask, iters=n, batch_size=batch_size, io_threads=io_threads, overwrite=True)
             out = tmp / f"out-{n}"
             summary = m.complete_files(sub, out, opts, log=lambda msg: None)
             shutil.rmtree(out, ignore_errors=True)

@@ -82,14 +82,14 @@ def complete(
     from ..engine.search import SearchParams
     from .errors import fail, runtime_errors, user_errors
 
-    if io_threads is not None and io_threads < 1:  # CompleteOptions calls it `workers`, which here reads as --workers
+    if io_threads is not None and io_threads < 1:
         raise fail(f"--io-threads must be >= 1, got {io_threads}")
     with user_errors(*runtime_errors()), _interrupted():
         opts = CompleteOptions(
             mask=mask, batch_size=batch_size, restarts=restarts, seed=seed, overwrite=overwrite,
             **({"blend": blend} if blend is not None else {}),
             save_progress=save_progress, face=face, init=init, shard=_shard(shard) if shard else (0, 1),
-            **({"workers": io_threads} if io_threads is not None else {}),
+            **({"io_threads": io_threads} if io_threads is not None else {}),
             search=SearchParams(iters=iters, lr=lr, momentum=momentum, lam=lam, optimizer=optimizer, weighted=weighted,
                                 patience=early_stop),
         )

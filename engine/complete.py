@@ -64,7 +64,7 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     bs = opts.batch_size
     chunks = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     size = be.info.size
-    pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="gcomp-io")
+    pool = ThreadPoolExecutor(max(1, opts.io_threads), thread_name_prefix="gcomp-io")
     writes: list[tuple[Item, Future]] = []
     # Outputs written without error, counted as each write finishes (next() on a count is atomic): what Ctrl-C
     # reports. summary.done lags behind it, and a Ctrl-C inside _drain would count some writes twice there.

@@ -27,7 +27,7 @@ class CompleteOptions:
     overwrite: bool = False
     save_progress: bool = False
     shard: tuple[int, int] = (0, 1)  # (k, n): this process does the k-th of n parts
-    workers: int = 4  # decode / encode threads (--io-threads)
+    io_threads: int = 4  # decode / encode threads (--io-threads); Ray actors are complete_ray(workers=)
     face: str = "auto"  # auto: photos larger than the model are cropped around the face found in them
     init: str = "auto"  # starting latent: auto (the model's encoder if it has one), encoder, random
 
@@ -36,8 +36,8 @@ class CompleteOptions:
             raise ValueError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
         if self.restarts < 1:
             raise ValueError(f"restarts (--restarts) must be >= 1, got {self.restarts}")
-        if self.workers < 1:
-            raise ValueError(f"workers (--io-threads) must be >= 1, got {self.workers}")
+        if self.io_threads < 1:
+            raise ValueError(f"io_threads (--io-threads) must be >= 1, got {self.io_threads}")
         parse_blend(self.blend)  # ValueError naming what it takes
         if self.face not in FACE_MODES:
             raise ValueError(f"face must be one of {FACE_MODES}, got {self.face!r}")

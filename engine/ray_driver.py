@@ -111,7 +111,7 @@ class _Completer:
         except USER_ERRORS as e:
             self.error = e
         self.opts, self.tag, self.progress_dir = opts, tag, progress_dir
-        self.pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="gcomp-write")
+        self.pool = ThreadPoolExecutor(max(1, opts.io_threads), thread_name_prefix="gcomp-write")
 
     def __call__(self, batch: dict) -> dict:
         try:

@@ -193,3 +193,13 @@ def test_the_end_to_end_benchmark_times_the_job_its_stages_telea_and_the_seed_lo
     seed = r["runs"][1]
     assert seed["speedup_vs_seed_loop"] == pytest.approx(seed["images_per_s"] / seed["seed_loop_images_per_s"])
     assert r["machine"]["cpu_kind"] in table(r) and "| 2 |" in table(r)
+
+
+def test_the_ring_stop_benchmark_holds_out_known_pixels_next_to_the_hole():
+    from gcomp.benchmarks.ring_stop import ring_of
+    from gcomp.engine.masks import make_mask
+
+    known = make_mask("center", 16)  # hole rows/cols 4..11
+    ring = ring_of(known, 2)
+    assert ring[known < 0.5].sum() == 0  # only known pixels
+    assert ring[2:14, 2:14].sum() == ring.sum() == 12 * 12 - 8 * 8  # a 2-pixel frame around the hole
