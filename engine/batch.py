@@ -9,7 +9,7 @@ import numpy as np
 
 from . import images
 from .backends import Backend
-from .blend import blend
+from .blend import blend_many
 from .encoder import Encoder
 from .jobs import PROGRESS_DIR
 from .masks import image_rng
@@ -58,9 +58,9 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOption
         seconds, history = res.seconds, res.history
     x = backend.generate(z_best)
     outs = []
-    for p, xi in zip(batch, x):
-        fill = paste_fill(p, images.from_model_output(xi))
-        fill = blend(p.image.rgb, fill, p.known, opts.blend)
+    fills = blend_many([p.image.rgb for p in batch], [paste_fill(p, images.from_model_output(xi)) for p, xi in
+                                                       zip(batch, x)], [p.known for p in batch], opts.blend)
+    for p, fill in zip(batch, fills):
         if p.rgb_out:
             outs.append(np.where(p.known.astype(bool)[:, :, None], p.image.rgb, fill))
         else:

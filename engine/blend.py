@@ -96,6 +96,34 @@ def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: str) -> np.
     return out
 
 
+def blend_many(rgbs: list[np.ndarray], fills: list[np.ndarray], knowns: list[np.ndarray], how: str) -> list[np.ndarray]:
+    """blend() for a batch, the same results: images whose holes are identical (a folder under one mask kind, at one
+    size) share one factorisation and one multi-right-hand-side solve, their channels side by side."""
+    kind, weight = parse_blend(how)
+    if kind == "none":
+        return list(fills)
+    outs: list[np.ndarray | None] = [None] * len(fills)
+    groups: dict[tuple, list[int]] = {}
+    for i, known in enumerate(knowns):
+        hole = known < 0.5
+        n = int(np.count_nonzero(hole))
+        if 0 < n <= EXACT_MAX and n < hole.size and rgbs[i].shape[2:] == fills[i].shape[2:]:
+            groups.setdefault((hole.shape, np.packbits(hole).tobytes()), []).append(i)
+        else:
+            outs[i] = blend(rgbs[i], fills[i], known, how)  # nothing to blend, or the large-hole solver
+    for idx in groups.values():
+        hole = knowns[idx[0]] < 0.5
+        r = _region(hole, _MARGIN)
+        c = fills[idx[0]].shape[2]
+        solved = _poisson(np.concatenate([rgbs[i][r] for i in idx], axis=2),
+                          np.concatenate([fills[i][r] for i in idx], axis=2), hole[r], weight)
+        for k, i in enumerate(idx):
+            out = fills[i].copy()
+            out[r] = solved[:, :, k * c:(k + 1) * c]
+            outs[i] = out
+    return outs
+
+
 def _region(hole: np.ndarray, margin: int) -> tuple[slice, slice]:
     """The hole's bounding box grown by `margin` pixels, inside the image."""
     rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
