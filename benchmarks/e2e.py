@@ -36,7 +36,7 @@ from .. import __version__
 from ..engine import images
 from ..engine.api import open_model
 from ..engine.batch import initial_latents, paste_fill
-from ..engine.blend import blend
+from ..engine.blend import blend_many
 from ..engine.jobs import Item, iter_inputs
 from ..engine.masks import MaskSpec
 from ..engine.prepare import prepare_image
@@ -76,10 +76,9 @@ def time_stages(model, items: list[Item], opts, out: Path) -> dict:
         t4 = time.perf_counter()
         x = be.generate(z)
         t5 = time.perf_counter()
-        outs = []
-        for p, xi in zip(batch, x):
-            fill = blend(p.image.rgb, paste_fill(p, images.from_model_output(xi)), p.known, opts.blend)
-            outs.append(images.composite(p.image.original, fill, p.known))
+        fills = blend_many([p.image.rgb for p in batch], [paste_fill(p, images.from_model_output(xi))
+                                                          for p, xi in zip(batch, x)], [p.known for p in batch], opts.blend)
+        outs = [images.composite(p.image.original, fill, p.known) for p, fill in zip(batch, fills)]
         t6 = time.perf_counter()
         for p, arr in zip(batch, outs):
             (out / p.item.key).parent.mkdir(parents=True, exist_ok=True)
