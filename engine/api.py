@@ -121,6 +121,7 @@ class Model:
 
     def encoder(self, init: str = "auto") -> Encoder | None:
         """The starting-latent encoder for `init` (auto: the model's encoder.onnx if it has one)."""
+        self._check_open()  # a closed model would load an encoder nothing closes
         if init not in self._encoders:
             self._encoders[init] = load_encoder(self.source, self.info, init, self.backend.encoder_openvino)
         return self._encoders[init]
@@ -139,9 +140,17 @@ class Model:
     def complete_prepared(self, batch: list[Prepared], options: CompleteOptions | None = None,
                           on_progress: Callable[[int, np.ndarray], None] | None = None) -> tuple[list[np.ndarray], dict]:
         """The search, best restart, blend and composite for one batch: (images, stats). Settings the options
-        leave unset come from the model's recommendation for options.mask's kind."""
+        leave unset come from the model's recommendation for the mask kind the batch was prepared with (each
+        Prepared's `kind`; a mask file or array: the model-wide one). A batch whose kinds the model recommends
+        different settings for is refused: it cannot be one search (complete_many groups them)."""
         self._check_open()
-        opts = self.options(options)
+        base = options or CompleteOptions()
+        resolved = {self._resolve(base, k) for k in {p.kind for p in batch} or {None}}
+        if len(resolved) > 1:
+            kinds = ", ".join(sorted({str(p.kind) for p in batch}))
+            raise ValueError(f"this batch mixes mask kinds ({kinds}) the model recommends different settings for: "
+                             "complete them in separate batches, or with complete_many")
+        opts = resolved.pop()
         return complete_batch(self.backend, batch, opts, on_progress, self.encoder(opts.init))
 
     def complete(self, image: np.ndarray, mask: Mask = "center", *, name: str = "image",

@@ -39,6 +39,9 @@ BLENDS = ("auto", "none", "poisson")  # poisson also as poisson:A, A in [0, 1] (
 #: gradients more than all of them). A model's metadata `defaults.blend` (and per mask kind) overrides it.
 AUTO = "poisson:0.5"
 EXACT_MAX = 512 * 512  # hole pixels solved exactly; above, the OpenCV solver (see the module's docstring)
+#: the most memory one batched solve's arrays take (blend_many); measured per value of the right-hand side
+GROUP_BYTES = 32 << 20
+_SOLVE_BYTES_PER_VALUE = 40  # float64 right-hand side, solution and the solver's work copies, about 5 of them
 _PAD = 8  # seamlessClone ignores a mask that touches the border: work on a reflected margin
 #: known pixels kept around the hole's bounding box (blend works on that region): more than the exact solve (1)
 #: and the Telea fill before seamlessClone (its radius, 3) read, and than seamlessClone's reflected margin
@@ -111,17 +114,27 @@ def blend_many(rgbs: list[np.ndarray], fills: list[np.ndarray], knowns: list[np.
             groups.setdefault((hole.shape, np.packbits(hole).tobytes()), []).append(i)
         else:
             outs[i] = blend(rgbs[i], fills[i], known, how)  # nothing to blend, or the large-hole solver
-    for idx in groups.values():
-        hole = knowns[idx[0]] < 0.5
+    for same in groups.values():
+        hole = knowns[same[0]] < 0.5
         r = _region(hole, _MARGIN)
-        c = fills[idx[0]].shape[2]
-        solved = _poisson(np.concatenate([rgbs[i][r] for i in idx], axis=2),
-                          np.concatenate([fills[i][r] for i in idx], axis=2), hole[r], weight)
-        for k, i in enumerate(idx):
-            out = fills[i].copy()
-            out[r] = solved[:, :, k * c:(k + 1) * c]
-            outs[i] = out
+        c = fills[same[0]].shape[2]
+        # a solve's float64 arrays grow with the images it takes: in chunks whose arrays stay within GROUP_BYTES
+        # (all of a batch of small faces at once, large photos' large holes one at a time)
+        per_image = int(np.count_nonzero(hole)) * c * _SOLVE_BYTES_PER_VALUE
+        step = max(1, GROUP_BYTES // per_image)
+        for start in range(0, len(same), step):
+            _blend_group(rgbs, fills, same[start:start + step], hole, r, c, weight, outs)
     return outs
+
+
+def _blend_group(rgbs, fills, idx, hole, r, c, weight, outs) -> None:
+    """Images `idx` sharing `hole`: one solve, their channels side by side; results into outs."""
+    solved = _poisson(np.concatenate([rgbs[i][r] for i in idx], axis=2),
+                      np.concatenate([fills[i][r] for i in idx], axis=2), hole[r], weight)
+    for k, i in enumerate(idx):
+        out = fills[i].copy()
+        out[r] = solved[:, :, k * c:(k + 1) * c]
+        outs[i] = out
 
 
 def _region(hole: np.ndarray, margin: int) -> tuple[slice, slice]:

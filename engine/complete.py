@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from . import images
 from .backends import Backend
 from .batch import complete_batch, progress_writer
+from .blend import parse_blend
 from .images import ImageError
 from .jobs import (Interrupted, Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo,
                    nothing_to_do, resume_note, single_image_job, start_writing)
@@ -62,6 +63,7 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
         summary.failed.append({"file": str(item.path), "error": str(err)})
 
     bs = opts.batch_size
+    blends = parse_blend(opts.blend)[0] != "none"  # only then is a very large hole worth a note on its memory
     chunks = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     size = be.info.size
     pool = ThreadPoolExecutor(max(1, opts.io_threads), thread_name_prefix="gcomp-io")
@@ -73,7 +75,8 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     ahead: deque = deque()
     try:
         def submit(chunk):
-            return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted, opts.face, log)) for it in chunk]
+            return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted, opts.face, log, blends))
+                    for it in chunk]
 
         it_chunks = iter(chunks)
         for chunk in it_chunks:
@@ -130,7 +133,8 @@ def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | o
     opts = options or CompleteOptions()
     check_job(input, output, opts)  # a bad input, mask or output fails before the model loads
     if isinstance(backend, Backend):
-        return Model(backend, model, device, owned=False).complete_files(input, output, opts, progress=progress, log=log)
+        with Model(backend, model, device, owned=False) as m:  # closes its encoder; the backend stays the caller's
+            return m.complete_files(input, output, opts, progress=progress, log=log)
     with open_model(model, backend=backend, device=device, **(backend_options or {})) as m:
         return m.complete_files(input, output, opts, progress=progress, log=log)
 

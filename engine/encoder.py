@@ -43,6 +43,7 @@ class Encoder:
             raise BackendError(f"{path}: the encoder was trained for another checkpoint's generator (weights ids "
                                f"{theirs} vs {ours}); use --init random, or train one for this model")
         self.runtime = "openvino" if openvino is not None else "onnxruntime"
+        self._request = self._compiled = self._core = self.session = None
         try:
             if openvino is not None:
                 import openvino as ov
@@ -66,6 +67,9 @@ class Encoder:
         self._request = self._compiled = self._core = self.session = None
 
     def __call__(self, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+        if self._request is None and self.session is None:
+            raise BackendError(f"{self.path}: this encoder was closed (its model's `with` block ended, or close() "
+                               "was called): take one from an open model, model.encoder()")
         feeds = {"image": np.ascontiguousarray(y, np.float32), "mask": np.ascontiguousarray(known, np.float32)}
         if self.runtime == "openvino":
             z = np.array(self._request.infer(feeds)["z"])

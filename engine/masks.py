@@ -7,6 +7,7 @@ the image's name, so an image's mask never depends on its batch, shard or worker
 """
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +84,13 @@ def make_mask(kind: str, size: int, param: float | None = None, rng: np.random.G
 
 
 def _step(kind: str, p: float) -> int:
-    if p != int(p) or p < 2:
+    if not math.isfinite(p) or p != int(p) or p < 2:  # int(nan) and int(inf) would raise Python's own errors
         raise MaskError(f"{kind} step must be an integer >= 2, got {p:g}")
     return int(p)
 
 
 def _count(kind: str, p: float) -> int:
-    if p != int(p) or p < 1:
+    if not math.isfinite(p) or p != int(p) or p < 1:
         raise MaskError(f"{kind} count must be an integer >= 1, got {p:g}")
     return int(p)
 

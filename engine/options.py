@@ -41,7 +41,11 @@ class CompleteOptions:
         parse_blend(self.blend)  # ValueError naming what it takes
         if self.face not in FACE_MODES:
             raise ValueError(f"face must be one of {FACE_MODES}, got {self.face!r}")
-        k, n = self.shard
+        try:  # a list (JSON, argparse) is taken as the tuple it means: options are hashable (jobs group by them)
+            object.__setattr__(self, "shard", tuple(self.shard))
+            k, n = self.shard
+        except (TypeError, ValueError):
+            raise ValueError(f"shard must be (K, N) with 0 <= K < N, got {self.shard!r}") from None
         if not (n >= 1 and 0 <= k < n):
             raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
 

@@ -23,19 +23,21 @@ class Prepared:
     known_small: np.ndarray | None = None  # [1, S, S]: the mask the search sees (1 = known)
     box: tuple[int, int, int] | None = None  # (x, y, side): the face crop the search sees, if any
     rgb_out: bool = False  # an in-memory RGB array: the result is RGB too (a file keeps its own layout)
+    kind: str | None = None  # the mask kind it was prepared with (None: a mask file or array): what settings follow
 
 
 def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str = "off",
-            log: Callable[[str], None] | None = None) -> Prepared:
+            log: Callable[[str], None] | None = None, blends: bool = True) -> Prepared:
     """A file: read it, then `prepare_image`."""
-    return prepare_image(item, images.read(item.path), spec, size, seed, weighted, face, log)
+    return prepare_image(item, images.read(item.path), spec, size, seed, weighted, face, log, blends=blends)
 
 
 def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, size: int, seed: int,
                   weighted: bool, face: str = "off", log: Callable[[str], None] | None = None,
-                  rgb_out: bool = False) -> Prepared:
+                  rgb_out: bool = False, blends: bool = True) -> Prepared:
     """mask: a MaskSpec (kinds are drawn per image from `seed` and item.key), or a full-resolution array,
-    1 = known. With face="auto", a mask kind on an image larger than the model applies to the face crop."""
+    1 = known. With face="auto", a mask kind on an image larger than the model applies to the face crop.
+    blends: the job blends its fills (not --blend none): a hole too large for that is noted in `log`."""
     h, w = image.shape
     images.check_min_side(w, h, item.key)  # a file was checked when read; an array (the Python API) is here
     box = None
@@ -57,7 +59,7 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
         known = np.ones((h, w), np.float32)  # the mask kind applies to the face crop
         known[y:y + side, x:x + side] = mask.known(item.key, (side, side), size, seed)
         region = image.rgb[y:y + side, x:x + side]
-    if log is not None:
+    if log is not None and blends:
         note = large_hole_note(item.key, known)
         if note:
             log(note)
@@ -65,7 +67,8 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
     if small.min() == 1:
         raise MaskError(f"{item.key}: the mask leaves nothing to fill (white / nonzero = fill)")
     return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
-                    w=context_weights(small, weighted)[None], known_small=small[None], box=box, rgb_out=rgb_out)
+                    w=context_weights(small, weighted)[None], known_small=small[None], box=box, rgb_out=rgb_out,
+                    kind=mask.kind if isinstance(mask, MaskSpec) else None)
 
 
 #: measured peak memory for a hole too large for the exact blend (engine/blend.py EXACT_MAX: OpenCV's solver on

@@ -47,6 +47,7 @@ from . import images
 from .api import model_path, open_model
 from .backends import BackendError, backend_for
 from .batch import progress_writer
+from .blend import parse_blend
 from .images import ImageError, OutputError
 from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, resume_note,
                    single_image_job, start_writing)
@@ -76,7 +77,7 @@ def import_ray():
 
 # -- the stages ----------------------------------------------------------------------------------
 
-def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str) -> dict:
+def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str, blends: bool) -> dict:
     """A CPU task: prepare every image of one batch; per-image errors become ('error', ...) entries.
     The batch travels pickled in one binary column (Prepared holds arrays of different shapes)."""
     entries = []
@@ -84,7 +85,8 @@ def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, 
         item = Item(Path(path), key, Path(out))
         notes: list[str] = []
         try:
-            entries.append(("ok", prepare(item, spec, size, seed, weighted, face, notes.append), "\n".join(notes)))
+            entries.append(("ok", prepare(item, spec, size, seed, weighted, face, notes.append, blends),
+                            "\n".join(notes)))
         except (ImageError, MaskError, OSError) as e:
             entries.append(("error", item, str(e)))
     return {"chunk": row["chunk"], "payload": pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)}
@@ -283,7 +285,8 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             progress_dir = str(out_dir) if opts.save_progress else None  # snapshots go under out/_gcomp_progress
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # a block per batch
             ds = ds.map(_decode, fn_kwargs=dict(spec=spec, size=info["size"], seed=opts.seed,
-                                                weighted=opts.search.weighted, face=opts.face))
+                                                weighted=opts.search.weighted, face=opts.face,
+                                                blends=parse_blend(opts.blend)[0] != "none"))
             with warnings.catch_warnings():
                 # max_restarts has no named parameter in map_batches: Ray 2.60 warns about any extra remote
                 # argument (a RayDeprecationWarning on stderr in every run); the argument still applies.

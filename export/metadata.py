@@ -71,19 +71,29 @@ def parse_recommend(text: str | dict | None) -> dict[str, Any]:
             if not eq:
                 raise ValueError(f"--recommend: expected KEY=VALUE, got {part!r}")
             given[key.strip()] = value.strip()
-    per_mask = given.pop(PER_MASK, None) or {}  # a dict already in the stored form
-    if not isinstance(per_mask, dict):
-        raise ValueError(f"--recommend: {PER_MASK} must map mask kinds to settings, got {per_mask!r}")
-    per_mask = {kind: dict(values) for kind, values in per_mask.items()}
+    stored = given.pop(PER_MASK, None) or {}  # a dict already in the stored form
+    if not isinstance(stored, dict):
+        raise ValueError(f"--recommend: {PER_MASK} must map mask kinds to settings, got {stored!r}")
+    # collected by mask kind (not by the name typed), so `half.X` and `left.Y` both land on "left"
+    per_mask: dict[str, dict] = {}
+    typed: dict[str, str] = {}  # kind -> the first name typed for it, for messages
+    for name, values in stored.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"--recommend: {PER_MASK}.{name} must map settings to values, got {values!r}")
+        kind = _mask_kind(str(name))
+        typed.setdefault(kind, str(name))
+        per_mask.setdefault(kind, {}).update(values)
     for key in [k for k in given if "." in k]:
-        kind, _, name = key.partition(".")
-        per_mask.setdefault(kind, {})[name] = given.pop(key)
+        name, _, setting = key.partition(".")
+        kind = _mask_kind(name)
+        typed.setdefault(kind, name)
+        per_mask.setdefault(kind, {})[setting] = given.pop(key)
     rec.update(_recommended_values(given, ""))
     if per_mask:
         rec[PER_MASK] = {}
         for kind, values in per_mask.items():
-            rec[PER_MASK][_mask_kind(kind)] = _recommended_values(values, f"{kind}.")
-            _check_search({**rec, **rec[PER_MASK][_mask_kind(kind)]}, f"for the {kind} mask ")
+            rec[PER_MASK][kind] = _recommended_values(values, f"{typed[kind]}.")
+            _check_search({**rec, **rec[PER_MASK][kind]}, f"for the {typed[kind]} mask ")
     _check_search(rec, "")
     return rec
 
@@ -119,11 +129,25 @@ def _recommended_values(given: dict, prefix: str) -> dict:
         if key not in RECOMMENDABLE:
             raise ValueError(f"--recommend: unknown setting '{prefix}{key}' (choose from "
                              f"{', '.join(RECOMMENDABLE + ('blend',))}, each also as KIND.KEY)")
-        try:
-            out[key] = value if key == "optimizer" else (int if "int" in str(types[key]) else float)(value)
-        except ValueError:
-            raise ValueError(f"--recommend: {prefix}{key}={value!r} is not a number") from None
+        out[key] = value if key == "optimizer" else _number(value, "int" in str(types[key]), f"{prefix}{key}")
     return out
+
+
+def _number(value, integer: bool, name: str):
+    """A recommended number from its text or value; a whole-number setting refuses 5.7 (not truncated to 5)
+    and True (a bool is no count); a real one refuses nan and inf."""
+    import math
+
+    bad = ValueError(f"--recommend: {name}={value!r} is not {'a whole number' if integer else 'a finite number'}")
+    if isinstance(value, bool) or value is None:
+        raise bad
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not math.isfinite(number) or (integer and number != int(number)):
+        raise bad
+    return int(number) if integer else number
 
 
 def _check_search(rec: dict, where: str) -> None:

@@ -101,9 +101,13 @@ def test_misuse_is_one_clear_error_naming_what_is_wrong():
             model.complete_files("in", "out", batch_size="8")
         with pytest.raises(gcomp.MaskError, match=r"^mask 'blob' \(--mask\) is neither a kind"):
             model.complete(rgb, "blob")  # reads right from the API and from `gcomp complete --mask`
-    for call in (lambda: model.complete(rgb), lambda: model.complete_files("in", "out")):
+        assert model.complete_many([rgb], shard=[0, 1])[0].shape == rgb.shape  # a list shard: the tuple it means
+        enc = model.encoder()
+    for call in (lambda: model.complete(rgb), lambda: model.complete_files("in", "out"), lambda: model.encoder()):
         with pytest.raises(gcomp.BackendError, match="is closed.*open it again"):
             call()
+    with pytest.raises(gcomp.BackendError, match="encoder was closed"):
+        enc(np.zeros((1, 3, 64, 64), np.float32), np.ones((1, 1, 64, 64), np.float32))
 
 
 # -- the same bytes every way ------------------------------------------------------------------------

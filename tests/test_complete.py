@@ -357,3 +357,20 @@ def test_blend_many_gives_each_images_own_blend():
     for how in ("poisson:0.75", "poisson", "none"):
         many = B.blend_many(rgbs, fills, knowns, how)
         assert all(np.array_equal(m, B.blend(r, f, k, how)) for m, r, f, k in zip(many, rgbs, fills, knowns)), how
+
+
+def test_blend_many_solves_large_shared_holes_in_chunks_that_fit_its_budget(monkeypatch):
+    """Memory does not grow with the batch: a budget of one image's solve splits the group, same bytes."""
+    from gcomp.engine import blend as B
+
+    rng = np.random.default_rng(1)
+    rgbs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    fills = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    knowns = [make_mask("center", 32)] * 5
+    sizes = []
+    solve = B._poisson
+    monkeypatch.setattr(B, "_poisson", lambda rgb, *a: sizes.append(rgb.shape[2] // 3) or solve(rgb, *a))
+    monkeypatch.setattr(B, "GROUP_BYTES", 2 * 16 * 16 * 3 * B._SOLVE_BYTES_PER_VALUE)  # two images' worth
+    many = B.blend_many(rgbs, fills, knowns, "poisson:0.75")
+    assert sizes == [2, 2, 1]
+    assert all(np.array_equal(m, B.blend(r, f, k, "poisson:0.75")) for m, r, f, k in zip(many, rgbs, fills, knowns))

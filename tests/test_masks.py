@@ -61,6 +61,10 @@ def test_bad_kind_and_param():
         MaskSpec.parse("center:abc")
     with pytest.raises(MaskError):
         MaskSpec.parse("no/such/mask.png")
+    for kind in ("center", "random", "grid", "lowres", "pattern", "strokes"):  # gcomp's words, not int(nan)'s
+        for p in ("nan", "inf", "-inf"):
+            with pytest.raises(MaskError, match=f"mask '{kind}:{p}'"):
+                MaskSpec.parse(f"{kind}:{p}")
 
 
 def test_weighted_weights_by_hand():

@@ -38,6 +38,18 @@ def test_parse_recommend_takes_a_blend_and_per_mask_kind_settings():
             md.parse_recommend(bad)
 
 
+def test_parse_recommend_merges_aliases_and_refuses_values_it_would_bend():
+    both = {"iters": 5, "blend": "poisson:1"}
+    assert md.parse_recommend("half.iters=5,left.blend=poisson:1")["masks"] == {"left": both}
+    assert md.parse_recommend("left.blend=poisson:1,half.iters=5")["masks"] == {"left": both}
+    assert md.parse_recommend({"masks": {"half": {"iters": 5}}, "left.blend": "poisson:1"})["masks"] == {"left": both}
+    for bad, says in [({"masks": {"left": None}}, "masks.left must map settings"), ({"masks": {"left": "x"}}, "must map"),
+                      ({"iters": 5.7}, "iters=5.7 is not a whole number"), ({"left.iters": 5.7}, "left.iters=5.7"),
+                      ({"iters": True}, "not a whole number"), ("lr=nan", "not a finite number")]:
+        with pytest.raises(ValueError, match=says):
+            md.parse_recommend(bad)
+
+
 def test_recommended_for_lays_a_kinds_values_over_the_model_wide_ones():
     assert recommended_for(PER_KIND, "half:0.3")["blend"] == "none"  # an alias, with a parameter
     assert recommended_for(PER_KIND, "random:0.5") == {"iters": 2, "blend": "poisson:0.25"}
@@ -83,3 +95,17 @@ def test_files_and_eval_record_the_resolved_blend_and_what_was_asked(recommendin
         assert (st["blend"], st["blend_asked"]) == ("none", "auto")
         results, _ = evaluate(model, src, ("center", "half"), limit=2, log=lambda m: None)
     assert [r.blend for r in results] == ["poisson:0.25", "none"]
+
+
+def test_a_prepared_batch_gets_the_settings_of_the_mask_it_was_prepared_with(recommending):
+    """complete_prepared resolves from each Prepared's mask kind, not from options.mask (which defaults to center);
+    a batch of kinds the model recommends different settings for is refused, not run with one kind's."""
+    rng = np.random.default_rng(2)
+    face = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with gcomp.open_model(recommending, **BACKEND) as model:
+        left = model.prepare(face, "half", name="a")
+        assert left.kind == "left" and model.prepare(face, np.ones((64, 64), bool), name="a").kind is None
+        got, _ = model.complete_prepared([left], gcomp.CompleteOptions())  # options.mask: center
+        assert np.array_equal(got[0], model.complete(face, "half", name="a", blend="none"))
+        with pytest.raises(ValueError, match=r"mixes mask kinds \(center, left\)"):
+            model.complete_prepared([left, model.prepare(face, "center", name="b")])

@@ -475,3 +475,15 @@ def test_a_hole_too_large_for_the_exact_blend_is_announced_with_its_cost():
     note = large_hole_note("a.png", known)
     assert 2100 * 2100 > LARGE_HOLE_NOTE and note.startswith("note: a.png: the hole is 4 megapixels")
     assert "0.7 GB" in note and "--blend none" in note
+    # said where the job blends, not under --blend none (which needs none of that memory)
+    from gcomp.engine.images import Image
+    from gcomp.engine.jobs import Item
+    from gcomp.engine.masks import MaskSpec
+    from gcomp.engine.prepare import prepare_image
+
+    rgb = np.zeros((4200, 4200, 3), np.uint8)  # a center hole of 2100x2100
+    for blends, expect in [(True, 1), (False, 0)]:
+        said: list[str] = []
+        prepare_image(Item(None, "a.png", None), Image(rgb, rgb), MaskSpec.parse("center"), 8, 0, False, "off",
+                      said.append, blends=blends)
+        assert len([s for s in said if "megapixels" in s]) == expect, said

@@ -130,6 +130,7 @@ def test_a_static_batch_model_takes_any_number_of_images(tiny_ckpt, exported, tm
         with open_backend(model, "onnxruntime") as be:  # by name: auto picks openvino on bf16 CPUs
             assert be.fixed_batch == (4 if name == "static" else None)
             s = complete(src, tmp_path / name, backend=be, options=opts, progress=False)
+            assert be.is_active  # the caller's backend stays open; complete() closed only what it opened
         assert s.done == 6 and not s.failed
         outs[name] = [cv2.imread(str(tmp_path / name / f.name)) for f in sorted(src.glob("*.png"))]
     for a, b in zip(outs["static"], outs["dynamic"]):
