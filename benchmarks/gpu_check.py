@@ -613,7 +613,7 @@ def phase_bench(cfg: dict) -> dict:
     def timed_search(be, batch: int) -> tuple[float, float, bool, float]:
         """(seconds per step, fixed seconds per search, final losses finite, peak memory MiB)."""
         z0, y, w = search_inputs(batch, mc["size"], mc["zdim"], seed=1)
-        hp = lambda n: SearchParams(iters=n, lr=0.01, patience=0)  # noqa: E731
+        hp = lambda n: SearchParams(iters=n, lr=0.01, patience=0).resolved()  # noqa: E731
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         be.search(z0, y, w, hp(cfg["warmup"]))  # warm-up: cuDNN autotuning, allocator, CUDA graph capture
@@ -831,7 +831,7 @@ def profile_one(cfg: dict, kernels: str) -> dict:
                          "a CUDA graph are not visible to it, and the graph replays the same kernels)"}
     hp = SearchParams(iters=n, lr=0.01, patience=0).resolved()
     with open_backend(ckpt, "torch", dev, precision="bf16", cuda_graph=False, fast=True, kernels=kernels) as be:
-        be.search(z0, y, w, SearchParams(iters=3, lr=0.01, patience=0))  # warm-up: cuDNN autotuning
+        be.search(z0, y, w, SearchParams(iters=3, lr=0.01, patience=0).resolved())  # warm-up: cuDNN autotuning
         # The backend's own step function on its static buffers (private hooks, fine for a profiler): a
         # whole search would add its host-to-device copies and final loss to the per-step figures. Inside
         # the backend's scope, as its search runs: cuDNN's autotuner and the TF32 switches set the same way.

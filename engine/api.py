@@ -26,8 +26,8 @@ from .batch import complete_batch
 from .encoder import Encoder, load_encoder
 from .jobs import Item, Summary
 from .masks import MaskError, MaskSpec
-from .blend import resolve_blend
-from .options import CompleteOptions, recommended_for
+from .masks import mask_kind
+from .options import CompleteOptions, Settings, recommended_for
 from .prepare import Prepared, prepare_image
 from .search import SearchParams
 
@@ -107,17 +107,22 @@ class Model:
         its model-wide one), then the seed's."""
         return (search or SearchParams()).resolved(recommended_for(self.recommended, mask))
 
-    def options(self, options: CompleteOptions | None = None, **settings) -> CompleteOptions:
-        """Complete job options for this model, fully resolved: `settings` (CompleteOptions or SearchParams
-        fields) applied, then what is left unset (search settings, `blend="auto"`) filled from the model's
-        recommendation for options.mask's kind, then from the seed's (search) and blend.AUTO."""
+    def options(self, options: CompleteOptions | None = None, **settings) -> Settings:
+        """A job's Settings on this model, resolved once: `settings` (CompleteOptions or SearchParams fields)
+        applied, then what is left unset (search settings, `blend="auto"`) filled from the model's
+        recommendation for options.mask's kind, then from the seed's (search) and blend.AUTO; with the
+        backend's settings and the encoder `init` picks. What every completion below runs."""
         opts = _with_settings(options, settings)
         return self._resolve(opts, opts.mask)
 
-    def _resolve(self, opts: CompleteOptions, mask: Mask) -> CompleteOptions:
-        """opts resolved for `mask`: a --mask string, or an array (the model-wide recommendation)."""
+    def _resolve(self, opts: CompleteOptions, mask: Mask | None) -> Settings:
+        """opts resolved for `mask`: a --mask string or a kind, or None / an array (the model-wide recommendation)."""
+        if isinstance(mask, str) and mask != opts.mask:
+            opts = replace(opts, mask=mask)  # the mask the settings are for
         rec = recommended_for(self.recommended, mask if isinstance(mask, str) else None)
-        return replace(opts, search=opts.search.resolved(rec), blend=resolve_blend(opts.blend, rec.get("blend")))
+        enc = self.encoder(opts.init)
+        return Settings.resolve(opts, rec, model=str(self.source), backend=self.name, device=self.device,
+                                backend_settings=self.backend.settings(), encoder=str(enc.path) if enc else None)
 
     def encoder(self, init: str = "auto") -> Encoder | None:
         """The starting-latent encoder for `init` (auto: the model's encoder.onnx if it has one)."""
@@ -144,13 +149,19 @@ class Model:
         Prepared's `kind`; a mask file or array: the model-wide one). A batch whose kinds the model recommends
         different settings for is refused: it cannot be one search (complete_many groups them)."""
         self._check_open()
-        base = options or CompleteOptions()
-        resolved = {self._resolve(base, k) for k in {p.kind for p in batch} or {None}}
-        if len(resolved) > 1:
-            kinds = ", ".join(sorted({str(p.kind) for p in batch}))
-            raise ValueError(f"this batch mixes mask kinds ({kinds}) the model recommends different settings for: "
-                             "complete them in separate batches, or with complete_many")
-        opts = resolved.pop()
+        kinds = {p.kind for p in batch} or {None}
+        if isinstance(options, Settings):  # resolved already (a driver's, once per job): for one mask kind
+            if kinds != {mask_kind(options.mask)}:
+                raise ValueError(f"these settings were resolved for the mask {options.mask!r}, this batch was prepared "
+                                 f"with {', '.join(sorted(map(str, kinds)))}: resolve them for it, model.options(mask=...)")
+            opts = options
+        else:
+            resolved = {self._resolve(options or CompleteOptions(), k) for k in kinds}
+            if len(resolved) > 1:
+                raise ValueError(f"this batch mixes mask kinds ({', '.join(sorted(map(str, kinds)))}) the model "
+                                 "recommends different settings for: complete them in separate batches, or with "
+                                 "complete_many")
+            opts = resolved.pop()
         return complete_batch(self.backend, batch, opts, on_progress, self.encoder(opts.init))
 
     def complete(self, image: np.ndarray, mask: Mask = "center", *, name: str = "image",
@@ -181,7 +192,7 @@ class Model:
         # The model may recommend settings per mask kind: images are searched in groups that share their settings
         # (an image's result does not depend on its batch), in order within each group.
         base = _with_settings(options, settings)
-        groups: dict[CompleteOptions, list[int]] = {}
+        groups: dict[Settings, list[int]] = {}
         for i in range(n):
             m = mask_of(i)
             groups.setdefault(self._resolve(base, m if isinstance(m, str) else None), []).append(i)
@@ -202,10 +213,12 @@ class Model:
         same relative names and formats, resumable, a gcomp-summary.json (none for one image whose `output` is an
         image path). Refused before any work (nothing created): an output equal to, inside or around the input,
         a bad mask, an unwritable output. Returns the Summary."""
-        from .complete import run_files
+        from .driver import run_files
 
         self._check_open()
-        return run_files(self, input, output, _with_settings(options, settings), progress=progress, log=log)
+        opts = self.options(options, **settings)
+        return run_files(self.backend, self.encoder(opts.init), input, output, opts, notes=self.notes,
+                         progress=progress, log=log)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -232,6 +245,23 @@ class Model:
         return f"Model({str(self.source)!r}, backend={self.name!r}, size={self.size})"
 
 
+def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | None = None, *,
+             backend: str | Backend = "auto", device: str = "cpu", options: CompleteOptions | None = None,
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             backend_options: dict | None = None) -> Summary:
+    """`open_model(model, backend=..., device=..., **backend_options).complete_files(input, output, options)`
+    in one call. `backend` may also be a Backend instance, which the caller activates and closes."""
+    from .jobs import check_job
+
+    opts = options or CompleteOptions()
+    check_job(input, output, opts)  # a bad input, mask or output fails before the model loads
+    if isinstance(backend, Backend):
+        with Model(backend, model, device, owned=False) as m:  # closes its encoder; the backend stays the caller's
+            return m.complete_files(input, output, opts, progress=progress, log=log)
+    with open_model(model, backend=backend, device=device, **(backend_options or {})) as m:
+        return m.complete_files(input, output, opts, progress=progress, log=log)
+
+
 def _defaults(d) -> dict:
     import json
 
@@ -239,7 +269,8 @@ def _defaults(d) -> dict:
 
 
 def _with_settings(options: CompleteOptions | None, settings: dict) -> CompleteOptions:
-    opts = options or CompleteOptions()
+    """What was asked: options (a Settings: what it was resolved from) with `settings` applied."""
+    opts = options.asked if isinstance(options, Settings) else options or CompleteOptions()
     return opts.with_settings(**settings) if settings else opts
 
 

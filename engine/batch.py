@@ -13,7 +13,7 @@ from .blend import blend_many
 from .encoder import Encoder
 from .jobs import PROGRESS_DIR
 from .masks import image_rng
-from .options import CompleteOptions
+from .options import Settings
 from .prepare import Prepared
 
 PROGRESS_EVERY = 50  # the seed writes its snapshots every 50 iterations too
@@ -25,14 +25,16 @@ def initial_latents(keys: list[str], restarts: int, zdim: int, seed: int) -> np.
                      for k in keys for r in range(restarts)])
 
 
-def complete_batch(backend: Backend, batch: list[Prepared], opts: CompleteOptions,
+def complete_batch(backend: Backend, batch: list[Prepared], opts: Settings,
                    on_progress: Callable[[int, np.ndarray], None] | None = None,
                    encoder: Encoder | None = None) -> tuple[list[np.ndarray], dict]:
     """Search, pick the best restart, blend, composite. Returns each image in its original layout
-    (an in-memory array: RGB). opts.search is used as given (gcomp.open_model fills in the model's
-    recommended settings). With an encoder, each image's first start is the encoder's latent; further
+    (an in-memory array: RGB). opts: the job's Settings, resolved once (Model.options), used as given. With an encoder, each image's first start is the encoder's latent; further
     restarts are random. stats: each image's final loss (NaN at 0 iterations with one start: not computed), the
     restart that won, the search's seconds and its mean loss per step."""
+    if not isinstance(opts, Settings):
+        raise TypeError(f"complete_batch runs a job's resolved Settings (Model.options, Settings.resolve), got "
+                        f"{type(opts).__name__}")
     info = backend.info
     n, R = len(batch), opts.restarts
     keys = [p.item.key for p in batch]

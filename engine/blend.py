@@ -66,21 +66,38 @@ def parse_blend(how: str) -> tuple[str, float]:
     raise ValueError(f"blend must be one of {', '.join(BLENDS)} or poisson:A (A in [0, 1]), got {how!r}")
 
 
-def resolve_blend(how: str, recommended: str | None = None) -> str:
-    """The blend a job runs, spelled one way: `auto` is the model's recommendation (None: AUTO)."""
-    return blend_name(recommended or AUTO if how == "auto" else how)
+class Blend(str):
+    """A blend parsed once: the string is its one spelling (`poisson:0.75`, `none`; what summaries record and
+    what compares equal to a plain string), `kind` and `weight` what it means. Jobs resolve theirs before any
+    image is read (engine/options.py Settings), so no image parses it again."""
+
+    kind: str
+    weight: float
+
+    def __new__(cls, how: str) -> "Blend":
+        if isinstance(how, Blend):
+            return how
+        kind, weight = parse_blend(how)
+        self = super().__new__(cls, kind if kind == "none" else f"{kind}:{weight:g}")
+        self.kind, self.weight = kind, weight
+        return self
+
+
+def resolve_blend(how: str, recommended: str | None = None) -> Blend:
+    """The blend a job runs: `auto` is the model's recommendation (None: AUTO)."""
+    return Blend(recommended or AUTO if how == "auto" else how)
 
 
 def blend_name(how: str) -> str:
     """The blend `how` stands for, spelled one way (`auto` -> `poisson:0.5`): what summaries record."""
-    kind, weight = parse_blend(how)
-    return kind if kind == "none" else f"{kind}:{weight:g}"
+    return str(Blend(how))
 
 
-def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: str) -> np.ndarray:
+def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: Blend | str) -> np.ndarray:
     """The fill to composite over the known pixels (HxWx3 uint8, same size as rgb). Reads rgb only where
     known >= 0.5, so the result never depends on what the input holds in its hole."""
-    kind, weight = parse_blend(how)
+    how = Blend(how)  # a Blend as it is; a string parsed here (the Python API's one-off calls)
+    kind, weight = how.kind, how.weight
     if kind == "none":
         return fill
     hole = known < 0.5
@@ -99,10 +116,12 @@ def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: str) -> np.
     return out
 
 
-def blend_many(rgbs: list[np.ndarray], fills: list[np.ndarray], knowns: list[np.ndarray], how: str) -> list[np.ndarray]:
+def blend_many(rgbs: list[np.ndarray], fills: list[np.ndarray], knowns: list[np.ndarray],
+               how: Blend | str) -> list[np.ndarray]:
     """blend() for a batch, the same results: images whose holes are identical (a folder under one mask kind, at one
     size) share one factorisation and one multi-right-hand-side solve, their channels side by side."""
-    kind, weight = parse_blend(how)
+    how = Blend(how)
+    kind, weight = how.kind, how.weight
     if kind == "none":
         return list(fills)
     outs: list[np.ndarray | None] = [None] * len(fills)

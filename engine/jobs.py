@@ -1,6 +1,6 @@
 """Jobs over folder trees: listing the inputs, shards, the resume rule, output paths, the summary.
 
-Every driver (the local one in complete.py, the Ray driver) lists and resumes through these, so a job
+Every driver (the local one in driver.py, the Ray driver) lists and resumes through these, so a job
 gives the same outputs and summary whichever runs it.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,7 +18,7 @@ from . import images
 from .images import TMP_PREFIX, ImageError, OutputError
 from .blend import blend_name
 from .masks import MaskSpec
-from .options import CompleteOptions
+from .options import CompleteOptions, Settings
 
 SUMMARY_NAME = "gcomp-summary.json"
 PROGRESS_DIR = "_gcomp_progress"
@@ -282,19 +282,21 @@ def start_writing(out_dir: Path, opts: CompleteOptions) -> str:
     return tag
 
 
-def job_settings(src: Path, dst: Path, model, backend_name: str, device: str, spec: MaskSpec,
-                 opts: CompleteOptions, encoder: str | None, backend_settings: dict | None = None,
-                 blend_asked: str | None = None) -> dict:
+#: the options a summary records as they are (the mask, blend and search are recorded resolved)
+JOB_FIELDS = tuple(f.name for f in fields(CompleteOptions) if f.name not in ("search", "mask", "blend"))
+
+
+def job_settings(src: Path, dst: Path, spec: MaskSpec, opts: Settings) -> dict:
     """The job's settings as the summary records them (the same for every driver): paths resolved and the blend
     resolved (`auto` names what the model recommends for the mask, else this version's AUTO), so a later run can
-    compare them; `blend_asked` is what the job asked for (opts.blend before the model resolved it)."""
+    compare them; `blend_asked` is what the job asked for (before the model resolved it)."""
     return {
-        "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": _resolved(model),
-        "backend": backend_name, "device": device, "backend_settings": backend_settings or {},
+        "gcomp_version": __version__, "input": str(src), "output": str(dst), "model": _resolved(opts.model),
+        "backend": opts.backend, "device": opts.device, "backend_settings": opts.backend_settings,
         "mask": _resolved(spec.path) if spec.path is not None else spec.describe(),
-        **{k: v for k, v in asdict(opts).items() if k not in ("search", "mask", "blend")},
-        "blend": blend_name(opts.blend), "blend_asked": blend_asked or opts.blend,
-        "search": opts.search.as_dict(), "encoder": _resolved(encoder) if encoder else None,
+        **{k: getattr(opts, k) for k in JOB_FIELDS},
+        "blend": str(opts.blend), "blend_asked": opts.blend_asked,
+        "search": opts.search.as_dict(), "encoder": _resolved(opts.encoder) if opts.encoder else None,
     }
 
 

@@ -6,7 +6,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 
-from .blend import parse_blend
+from .blend import Blend, parse_blend, resolve_blend
 from .faces import FACE_MODES
 from .masks import mask_kind
 from .search import SearchParams
@@ -63,6 +63,47 @@ class CompleteOptions:
             _check_type(key, value, hints[key])
         base = own.pop("search", self.search)
         return replace(self, **own, search=replace(base, **search))
+
+
+@dataclass(frozen=True)
+class Settings(CompleteOptions):
+    """CompleteOptions resolved for one model and mask kind (`Model.options`): the search with no None left, the
+    blend parsed (a Blend, `auto` replaced by what it stands for), the model, backend and encoder it was resolved
+    with, and what was asked. Frozen and hashable (jobs group images by it), picklable (Ray actors get it)."""
+
+    asked: CompleteOptions = field(default_factory=CompleteOptions, compare=False)  # before resolution
+    model: str = ""  # the model's source path
+    backend: str = ""  # the backend's name
+    device: str = "cpu"
+    backend_settings: dict = field(default_factory=dict, compare=False, hash=False)  # Backend.settings()
+    encoder: str | None = None  # the encoder that gives the starting latents (init resolved), or None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.search.is_resolved:
+            raise ValueError(f"Settings need a resolved search (Settings.resolve), got {self.search}")
+        if not isinstance(self.blend, Blend):
+            raise ValueError(f"Settings need a parsed blend (Settings.resolve), got {self.blend!r}")
+
+    @classmethod
+    def resolve(cls, asked: CompleteOptions, recommended: dict | None = None, **about) -> "Settings":
+        """`asked` with what it leaves unset filled from `recommended` (a model's recommendation for the mask
+        kind, `recommended_for`), then the seed's search and blend.AUTO. about: model, backend, device,
+        backend_settings, encoder."""
+        if isinstance(asked, Settings):
+            asked = asked.asked
+        rec = recommended or {}
+        own = {f.name: getattr(asked, f.name) for f in fields(CompleteOptions)}
+        return cls(**own | {"search": asked.search.resolved(rec), "blend": resolve_blend(asked.blend, rec.get("blend"))},
+                   asked=asked, **about)
+
+    @property
+    def blend_asked(self) -> str:
+        return self.asked.blend
+
+    def with_settings(self, **settings) -> "CompleteOptions":
+        """What was asked with some settings replaced (unresolved: resolve it again against the model)."""
+        return self.asked.with_settings(**settings)
 
 
 def _check_type(key: str, value, hint) -> None:

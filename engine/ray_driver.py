@@ -37,6 +37,7 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -47,12 +48,11 @@ from . import images
 from .api import model_path, open_model
 from .backends import BackendError, backend_for
 from .batch import progress_writer
-from .blend import parse_blend
 from .images import ImageError, OutputError
 from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, resume_note,
                    single_image_job, start_writing)
 from .masks import MaskError, MaskSpec
-from .options import CompleteOptions
+from .options import CompleteOptions, Settings
 from .prepare import Prepared, prepare
 from .progress import ProgressBar
 
@@ -164,9 +164,7 @@ def _probe(model: str, backend: str, device: str, backend_options: dict, opts: C
     the summary need (size, backend, the job's settings with the model's recommendation applied) and to
     fail early and clearly."""
     with open_model(model, backend=backend, device=device, **backend_options) as m:
-        enc = m.encoder(opts.init)
-        return {"backend": m.name, "settings": m.backend.settings(), "notes": m.notes, "size": m.size,
-                "options": m.options(opts), "encoder": str(enc.path) if enc else None}
+        return {"notes": m.notes, "size": m.size, "options": m.options(opts)}
 
 
 # -- connecting ----------------------------------------------------------------------------------
@@ -252,7 +250,8 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
                 "cpus_per_worker": cpus_per_worker}
     if not todo:  # nothing to do: no need to start Ray or load the model
         name = backend_for(model) if backend == "auto" else backend
-        summary = Summary(skipped=skipped, settings=job_settings(src, dst, model, name, device, spec, opts, None))
+        unopened = Settings.resolve(opts, None, model=str(model), backend=name, device=device)  # no model: no encoder
+        summary = Summary(skipped=skipped, settings=job_settings(src, dst, spec, unopened))
         summary.ray = ray_info
         return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
 
@@ -271,9 +270,9 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             ray_info["startup_seconds"] = round(time.perf_counter() - t0, 2)
             for note in info["notes"]:
                 log(note if note.startswith("warning:") else f"note: {note}")
-            asked, opts = opts.blend, info["options"]  # the model's recommended settings, applied once when opened
-            summary = Summary(skipped=skipped, settings=job_settings(
-                src, dst, model, info["backend"], device, spec, opts, info["encoder"], info["settings"], asked))
+            # the job's Settings, resolved once by the model when the probe opened it; the device as the user named it
+            opts = replace(info["options"], device=device)
+            summary = Summary(skipped=skipped, settings=job_settings(src, dst, spec, opts))
             summary.ray = ray_info
             note = resume_note(summary, out_dir, len(todo), single_image_job(src, dst))
             if note:
@@ -286,7 +285,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # a block per batch
             ds = ds.map(_decode, fn_kwargs=dict(spec=spec, size=info["size"], seed=opts.seed,
                                                 weighted=opts.search.weighted, face=opts.face,
-                                                blends=parse_blend(opts.blend)[0] != "none"))
+                                                blends=opts.blend.kind != "none"))
             with warnings.catch_warnings():
                 # max_restarts has no named parameter in map_batches: Ray 2.60 warns about any extra remote
                 # argument (a RayDeprecationWarning on stderr in every run); the argument still applies.

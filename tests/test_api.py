@@ -137,13 +137,15 @@ def _golden(exported, folder) -> dict[str, bytes]:
     from gcomp.engine.encoder import load_encoder
     from gcomp.engine.jobs import list_todo
     from gcomp.engine.masks import MaskSpec
-    from gcomp.engine.options import CompleteOptions
+    from gcomp.engine.api import _defaults
+    from gcomp.engine.options import CompleteOptions, Settings, recommended_for
     from gcomp.engine.prepare import prepare
     from gcomp.engine.search import SearchParams
 
     out = {}
     with open_backend(exported, BACKEND) as be:
-        opts = CompleteOptions(**OPTS, search=SearchParams(iters=ITERS).resolved(be.info.meta.get("defaults")))
+        rec = recommended_for(_defaults(be.info.meta.get("defaults")), OPTS["mask"])
+        opts = Settings.resolve(CompleteOptions(**OPTS, search=SearchParams(iters=ITERS)), rec)
         todo, _ = list_todo(folder, folder / "unused", opts)
         enc = load_encoder(exported, be.info, opts.init)
         for lo in range(0, len(todo), opts.batch_size):

@@ -11,7 +11,11 @@ pytest.importorskip("torch")
 from gcomp.cli.app import app  # noqa: E402
 from gcomp.engine import images  # noqa: E402
 from gcomp.engine.backends.base import Backend, ModelInfo, SearchResult  # noqa: E402
-from gcomp.engine.complete import CompleteOptions, Prepared, Item, complete, complete_batch  # noqa: E402
+from gcomp.engine.api import complete  # noqa: E402
+from gcomp.engine.batch import complete_batch  # noqa: E402
+from gcomp.engine.jobs import Item  # noqa: E402
+from gcomp.engine.options import CompleteOptions, Settings  # noqa: E402
+from gcomp.engine.prepare import Prepared  # noqa: E402
 from gcomp.engine.masks import make_mask  # noqa: E402
 from gcomp.engine.search import SearchParams  # noqa: E402
 
@@ -128,7 +132,7 @@ def test_restart_selection_keeps_the_lowest_final_loss():
         items.append(Prepared(Item(None, f"im{i}.png", None), images.Image(rgb, rgb), known,
                               images.to_model_input(rgb, 8), known[None], known[None]))
     be = _FakeBackend([5.0, 1.0, 3.0, 7.0, 2.0, 9.0])  # image 0: restart 1; image 1: restart 1
-    opts = CompleteOptions(restarts=3, search=SearchParams(iters=1))
+    opts = Settings.resolve(CompleteOptions(restarts=3, search=SearchParams(iters=1)))
     outs, stats = complete_batch(be, items, opts)
     assert stats["best_restart"] == [1, 1] and stats["loss"] == [1.0, 2.0]
 
@@ -142,11 +146,12 @@ def test_no_graph_computes_a_loss_that_decides_nothing():
                     known[None], known[None])
     be = _FakeBackend([1.0])
     be.search = None  # any call fails
-    outs, stats = complete_batch(be, [item], CompleteOptions(search=SearchParams(iters=0)))
+    outs, stats = complete_batch(be, [item], Settings.resolve(CompleteOptions(search=SearchParams(iters=0))))
     assert np.isnan(stats["loss"][0]) and stats["best_restart"] == [0] and stats["seconds"] == 0.0
     be2 = _FakeBackend([1.0])
-    outs2, _ = complete_batch(be2, [item], CompleteOptions(search=SearchParams(iters=0), restarts=1, blend="none"))
-    outs3, stats3 = complete_batch(_FakeBackend([4.0]), [item], CompleteOptions(search=SearchParams(iters=1), blend="none"))
+    outs2, _ = complete_batch(be2, [item], Settings.resolve(CompleteOptions(search=SearchParams(iters=0), blend="none")))
+    outs3, stats3 = complete_batch(_FakeBackend([4.0]), [item],
+                                   Settings.resolve(CompleteOptions(search=SearchParams(iters=1), blend="none")))
     assert np.array_equal(outs2[0], outs3[0]) and stats3["loss"] == [4.0]  # the same latent, searched or not
 
 

@@ -119,7 +119,7 @@ def test_early_stopping_is_per_image_and_backend_independent(tiny_ckpt, with_enc
 
     out, _ = with_encoder
     rng = np.random.default_rng(0)
-    hp = SearchParams(iters=60, lr=0.01, patience=3)
+    hp = SearchParams(iters=60, lr=0.01, patience=3).resolved()
     with open_backend(tiny_ckpt, "torch") as tb, open_backend(out, "onnxruntime") as ob:
         s = tb.info.size
         z0 = rng.uniform(-1, 1, (3, tb.info.zdim)).astype(np.float32)

@@ -21,8 +21,8 @@ from gcomp.engine.search import SearchParams  # noqa: E402
 # lr 3e-4: the tuned setting, a smooth descent. lr 0.01 with patience 3: the seed's lr, whose loss stops
 # improving within a few steps, so images stop early, at different iterations (measured on the tiny model:
 # after 9, 18, 19 and 27 steps), and the whole search ends before `iters`.
-SMOOTH = SearchParams(iters=20, lr=3e-4)
-STOPPING = SearchParams(iters=60, lr=0.01, patience=3)
+SMOOTH = SearchParams(iters=20, lr=3e-4).resolved()  # backends take resolved settings
+STOPPING = SearchParams(iters=60, lr=0.01, patience=3).resolved()
 NO_GPU = "needs a CUDA GPU (torch.cuda.is_available() is False here)"
 
 
@@ -165,9 +165,9 @@ def test_torch_options_are_checked(tiny_ckpt):
     with open_backend(tiny_ckpt, precision="bf16", cuda_graph=False) as bf:  # cuda_graph: ignored on CPU, said so
         assert "--cuda-graph applies on CUDA only: no effect on cpu" in bf.notes
         with pytest.raises(BackendError, match="adam"):
-            bf.search(z0, y, w, SearchParams(iters=2, optimizer="adam"))
+            bf.search(z0, y, w, SearchParams(iters=2, optimizer="adam").resolved())
     # Adam is not on the fast path: fp32 falls back to the reference loop
-    adam = SearchParams(iters=3, optimizer="adam")
+    adam = SearchParams(iters=3, optimizer="adam").resolved()
     with open_backend(tiny_ckpt) as ref, TorchBackend(tiny_ckpt, fast=True) as fast:
         np.testing.assert_array_equal(fast.search(z0, y, w, adam).z, ref.search(z0, y, w, adam).z)
 
@@ -182,7 +182,7 @@ def exported(request, tiny_ckpt, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("hp", [SearchParams(iters=30, lr=0.01), STOPPING], ids=["no-stop", "early-stop"])
+@pytest.mark.parametrize("hp", [SearchParams(iters=30, lr=0.01).resolved(), STOPPING], ids=["no-stop", "early-stop"])
 def test_onnxruntime_io_binding_loop_equals_the_host_loop_on_cpu(exported, hp):
     """The ping-pong IO-binding loop (what CUDA runs, here with OrtValues on 'cpu') against plain session
     runs: the same graph on the same rows, so identical numbers (1e-6 for safety); with K-step graphs
@@ -250,7 +250,7 @@ def _ort_cuda_reason():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_ort_cuda_reason() is not None, reason=str(_ort_cuda_reason()))
-@pytest.mark.parametrize("hp", [SearchParams(iters=30, lr=0.01), STOPPING], ids=["no-stop", "early-stop"])
+@pytest.mark.parametrize("hp", [SearchParams(iters=30, lr=0.01).resolved(), STOPPING], ids=["no-stop", "early-stop"])
 def test_onnxruntime_cuda_loop_equals_the_host_loop(exported, hp):
     """On CUDA the bound loop is the default; the host loop runs the same session on the same GPU."""
     with OnnxRuntimeBackend(exported, "cuda", io_binding=False) as host, \
@@ -276,7 +276,7 @@ def test_cli_passes_precision_and_cuda_graph_to_torch(tiny_ckpt, faces, tmp_path
 def test_io_binding_buffers_are_refilled_not_stale(exported):
     """The bound loop keeps its OrtValues between searches (a CUDA graph replays the addresses it captured):
     a later search with other inputs, and one with another batch size, give what a fresh backend gives."""
-    hp = SearchParams(iters=6, lr=0.01)
+    hp = SearchParams(iters=6, lr=0.01).resolved()
     with OnnxRuntimeBackend(exported, io_binding=True) as dev:
         size, zdim = dev.info.size, dev.info.zdim
         dev.search(*search_inputs(4, size, zdim, seed=1), hp)

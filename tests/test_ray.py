@@ -15,7 +15,8 @@ pytest.importorskip("torch")  # the tiny model is built and exported with torch
 
 from synth import make_faces  # noqa: E402
 from gcomp.cli.app import app  # noqa: E402
-from gcomp.engine.complete import CompleteOptions, complete  # noqa: E402
+from gcomp.engine.api import complete  # noqa: E402
+from gcomp.engine.options import CompleteOptions  # noqa: E402
 from gcomp.engine.ray_driver import complete_ray  # noqa: E402
 from gcomp.engine.search import SearchParams  # noqa: E402
 

@@ -98,7 +98,7 @@ def test_backend_step_equals_the_seed_update(tiny_ckpt):
         # the generic step-driven search and the backend's own loop agree
         from gcomp.engine.backends.base import Backend
 
-        hp = SearchParams(iters=5)
+        hp = SearchParams(iters=5).resolved()
         a = b.search(z, y, w, hp)
         g_res = Backend.host_search(b, z, y, w, hp)
         np.testing.assert_allclose(a.z, g_res.z, rtol=1e-4, atol=1e-5)

@@ -13,7 +13,8 @@ pytest.importorskip("onnxruntime")
 
 from synth import make_faces  # noqa: E402
 from gcomp.engine.backends import open_backend  # noqa: E402
-from gcomp.engine.complete import CompleteOptions, complete  # noqa: E402
+from gcomp.engine.api import complete  # noqa: E402
+from gcomp.engine.options import CompleteOptions  # noqa: E402
 from gcomp.engine.search import SearchParams  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def test_search_matches_the_torch_backend(tiny_ckpt, exported):
         w = np.ones((n, 1, s, s), np.float32)
         w[:, :, 8:24, 8:24] = 0
         np.testing.assert_allclose(ob.generate(z0), tb.generate(z0), atol=1e-5)
-        hp = SearchParams(iters=20, lr=3e-4)
+        hp = SearchParams(iters=20, lr=3e-4).resolved()
         a, b = tb.search(z0, y, w, hp), ob.search(z0, y, w, hp)
         # fp32 graphs vs autograd: ~1e-6 per step; 20 steps of a contraction stay well under 1e-3
         np.testing.assert_allclose(b.z, a.z, atol=1e-3)

@@ -75,5 +75,5 @@ def test_engine_search_matches_onnxruntime(tiny_ckpt, tmp_path):
     with open_backend(tmp_path / "e", "onnxruntime") as ob, open_backend(tmp_path / "e", "tensorrt", "cuda") as tb:
         z0, y, w = search_inputs(4, ob.info.size, ob.info.zdim)
         np.testing.assert_allclose(tb.generate(z0), ob.generate(z0), atol=1e-3)
-        hp = SearchParams(iters=10, lr=3e-4)
+        hp = SearchParams(iters=10, lr=3e-4).resolved()
         np.testing.assert_allclose(tb.search(z0, y, w, hp).z, ob.search(z0, y, w, hp).z, atol=1e-2)

@@ -107,18 +107,22 @@ class Backend:
 
     def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
                callback: ProgressFn | None = None) -> SearchResult:
-        """The latent search from z0 (any number of rows). Settings left as None are the seed's here: a
-        model's recommended settings are applied by gcomp.open_model, not by backends."""
-        hp = self.check(hp.resolved())
+        """The latent search from z0 (any number of rows) with resolved settings (no None: a job's are resolved
+        once by gcomp.open_model's Model.options; SearchParams(...).resolved() fills the seed's): a backend applies
+        no default of its own."""
+        hp = self.check(hp)
         if not self.fixed_batch or len(z0) == self.fixed_batch:
             return self.search_impl(z0, y, w, hp, callback)
         return search_in_parts(self.fixed_batch, self.search_impl, z0, y, w, hp, callback)
 
     def check(self, hp: SearchParams) -> SearchParams:
-        """Refuse what this backend cannot run."""
+        """Refuse what this backend cannot run, and settings left unresolved."""
         if hp.optimizer not in self.optimizers:
             raise BackendError(f"the {self.name} backend runs the seed's momentum optimizer only "
                                f"(got {hp.optimizer}); use --backend torch for adam")
+        if not hp.is_resolved:
+            raise ValueError(f"the search's settings are not resolved ({hp}): a backend applies no defaults; "
+                             "pass SearchParams(...).resolved(), or complete through gcomp.open_model")
         if hp.iters % self.unroll:
             raise BackendError(f"--iters {hp.iters} is not a multiple of the graph's unroll {self.unroll}")
         return hp
@@ -139,7 +143,7 @@ class Backend:
                     callback: ProgressFn | None = None) -> SearchResult:
         """The host loop: every call's z/v pass through numpy. It defines the results (z, loss, history,
         early stopping) that device-resident loops (DeviceLoop below) must reproduce."""
-        hp = self.check(hp.resolved())
+        hp = self.check(hp)
         t0 = time.perf_counter()
         z = np.ascontiguousarray(z0, np.float32)
         v = np.zeros_like(z)

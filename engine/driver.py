@@ -1,41 +1,36 @@
 """The local driver of a completion job over files: what `gcomp complete` (without --ray) runs.
 
 It lists the input names (jobs.py), decodes in a thread pool one batch ahead of the search (prepare.py),
-runs each batch (batch.py) on an open model, and writes each result atomically; finished outputs are
-skipped on a rerun, so an interrupted job resumes where it stopped. Call it through the public API:
-`gcomp.open_model(...).complete_files(input, output)`.
+runs each batch (batch.py) on an open backend with the job's resolved Settings, and writes each result
+atomically; finished outputs are skipped on a rerun, so an interrupted job resumes where it stopped. Call it
+through the public API, `gcomp.open_model(...).complete_files(input, output)`, which resolves the settings.
 """
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Sequence
 
 from . import images
 from .backends import Backend
 from .batch import complete_batch, progress_writer
-from .blend import parse_blend
+from .encoder import Encoder
 from .images import ImageError
 from .jobs import (Interrupted, Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo,
                    nothing_to_do, resume_note, single_image_job, start_writing)
 from .masks import MaskError
-from .options import CompleteOptions
+from .options import Settings
 from .prepare import Prepared, prepare
-
-__all__ = ["complete", "run_files", "CompleteOptions", "Summary", "Item", "Prepared", "complete_batch"]
 from .progress import ProgressBar
 
-if TYPE_CHECKING:
-    from .api import Model
 
-
-def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> Summary:
-    """Complete every image under `input` into `output` (same relative names and formats) with `model`.
+def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Settings, notes: Sequence[str] = (),
+              progress: bool = True, log: Callable[[str], None] | None = None) -> Summary:
+    """Complete every image under `input` into `output` (same relative names and formats) on the open backend
+    `be` with the job's resolved settings (Model.options) and their encoder; `notes`: the backend's, logged once.
 
     Per-image problems (unreadable file, missing mask) are reported through `log` and in the
     summary; they never stop the rest. Problems with the whole job (output folder, mask) raise.
@@ -43,14 +38,10 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
     log = log or (lambda msg: print(msg, file=sys.stderr))
     src, dst, spec, out_dir = check_job(input, output, opts)
     t0 = time.perf_counter()
-    be = model.backend
-    asked, opts = opts.blend, model.options(opts)  # resolved once: the model's recommendation for this mask
-    encoder = model.encoder(opts.init)
     tag = start_writing(out_dir, opts)  # every check has passed: the output folder is created here
-    for note in model.notes:
+    for note in notes:
         log(note if note.startswith("warning:") else f"note: {note}")
-    summary = Summary(settings=job_settings(src, dst, model.source, be.name, model.device, spec, opts,
-                                            str(encoder.path) if encoder else None, be.settings(), asked))
+    summary = Summary(settings=job_settings(src, dst, spec, opts))
     todo, summary.skipped = list_todo(src, dst, opts, log)
     if not todo and not summary.skipped:
         log(f"note: {nothing_to_do(src, opts.shard)}")
@@ -63,7 +54,7 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
         summary.failed.append({"file": str(item.path), "error": str(err)})
 
     bs = opts.batch_size
-    blends = parse_blend(opts.blend)[0] != "none"  # only then is a very large hole worth a note on its memory
+    blends = opts.blend.kind != "none"  # only then is a very large hole worth a note on its memory
     chunks = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     size = be.info.size
     pool = ThreadPoolExecutor(max(1, opts.io_threads), thread_name_prefix="gcomp-io")
@@ -120,23 +111,6 @@ def run_files(model: "Model", input, output, opts: CompleteOptions, progress: bo
         pool.shutdown(wait=True)
         bar.close()
     return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
-
-
-def complete(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | None = None, *,
-             backend: str | Backend = "auto", device: str = "cpu", options: CompleteOptions | None = None,
-             progress: bool = True, log: Callable[[str], None] | None = None,
-             backend_options: dict | None = None) -> Summary:
-    """`open_model(model, backend=..., device=..., **backend_options).complete_files(input, output, options)`
-    in one call. `backend` may also be a Backend instance, which the caller activates and closes."""
-    from .api import Model, open_model
-
-    opts = options or CompleteOptions()
-    check_job(input, output, opts)  # a bad input, mask or output fails before the model loads
-    if isinstance(backend, Backend):
-        with Model(backend, model, device, owned=False) as m:  # closes its encoder; the backend stays the caller's
-            return m.complete_files(input, output, opts, progress=progress, log=log)
-    with open_model(model, backend=backend, device=device, **(backend_options or {})) as m:
-        return m.complete_files(input, output, opts, progress=progress, log=log)
 
 
 def _drain(writes, summary: Summary, fail, bar, block: bool):
