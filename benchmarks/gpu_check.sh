@@ -9,7 +9,8 @@
 # Installs nothing from the network: the repository root is the `gcomp` package, so a symlink to it on
 # PYTHONPATH makes `import gcomp` and `python -m gcomp` (the CLI) work with the packages the machine has
 # (torch, numpy, onnx, onnxruntime, opencv, typer, rich, pytest). Each phase runs time-boxed in its own
-# process; a failing phase is recorded in the JSON and the next one runs. See benchmarks/gpu_check.py.
+# process; a failing phase is recorded in the JSON and the next one runs. The code: benchmarks/gpu/ (check.py,
+# one module per phase), a source checkout's only: it is not in the wheel.
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
@@ -25,4 +26,4 @@ if ! "$PY" -c "import gcomp, gcomp.cli.app" 2>/dev/null; then
     exit 2
 fi
 # The whole run stays inside one device call (600 s at most): the script's own budget is 480 s.
-exec timeout --signal=TERM --kill-after=10 "${GPU_CHECK_TIMEOUT:-585}" "$PY" "$ROOT/benchmarks/gpu_check.py" "$@"
+exec timeout --signal=TERM --kill-after=10 "${GPU_CHECK_TIMEOUT:-585}" "$PY" "$ROOT/benchmarks/gpu/check.py" "$@"

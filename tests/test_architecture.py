@@ -122,7 +122,7 @@ def _imports_full(rel: Path):
 
 # -- the seed's search settings: literal numbers in one module only -----------------------------------
 SETTINGS = {"iters", "lr", "momentum", "lam", "patience"}
-# the modules that run or record a search with default settings (benchmarks/gpu_check.py sets its own, explicitly)
+# the modules that run or record a search with default settings (benchmarks/gpu/ sets its own, explicitly)
 SEARCH_USERS = ("engine", "export", "train/reference.py", "cli/complete_cmd.py", "cli/eval_cmd.py",
                 "benchmarks/bench.py", "benchmarks/default_model.py", "benchmarks/sweep.py")
 

@@ -15,15 +15,26 @@ pytest.importorskip("cv2")
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+CODE = ROOT / "benchmarks" / "gpu"  # the script's modules: no package, they import each other as top-level modules
 
 
 def _load_module():
-    import importlib.util
+    """The GPU check's modules, loaded afresh from their folder (they are not in the wheel, so not importable as
+    gcomp.benchmarks.*), as attributes: gc.common, gc.report, gc.phase_profile, ... sys.path and sys.modules are
+    left as they were, so generic names such as `common` or `report` do not leak into other tests."""
+    import importlib
+    from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    names = sorted(p.stem for p in CODE.glob("*.py"))
+    saved_path, saved = list(sys.path), {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(CODE))
+    try:
+        return SimpleNamespace(**{n: importlib.import_module(n) for n in names})
+    finally:
+        sys.path[:] = saved_path
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +141,10 @@ def test_dry_run_writes_every_section(dry_report):
 def test_flops_and_skip_classification():
     gc = _load_module()
     # G fwd + D fwd + both input-gradients of the seed's 64x64 gf=df=64 DCGAN: ~1.30 GFLOP (DESIGN.md 5)
-    assert gc.flops_per_iteration(64, 100, 64, 64) == pytest.approx(1.3009e9, rel=1e-4)
-    assert gc.ALLOWED_SKIP.search("needs onnxruntime-gpu (this ONNX Runtime has no CUDA provider)")
-    assert gc.ALLOWED_SKIP.search("TensorRT execution needs a GPU runtime: no TensorRT: ...")
-    assert not gc.ALLOWED_SKIP.search("needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    assert gc.phase_machine.flops_per_iteration(64, 100, 64, 64) == pytest.approx(1.3009e9, rel=1e-4)
+    assert gc.phase_pytest.ALLOWED_SKIP.search("needs onnxruntime-gpu (this ONNX Runtime has no CUDA provider)")
+    assert gc.phase_pytest.ALLOWED_SKIP.search("TensorRT execution needs a GPU runtime: no TensorRT: ...")
+    assert not gc.phase_pytest.ALLOWED_SKIP.search("needs a CUDA GPU (torch.cuda.is_available() is False here)")
 
 
 def test_verdict_applies_the_issue_bar():
@@ -144,11 +155,11 @@ def test_verdict_applies_the_issue_bar():
                 "rows": [{"status": "ok", "backend": "torch", "precision": "bf16", "cuda_graph": True, "batch": 2048,
                           "images_per_s_1000": ips, "ratio_vs_seed_loop": ratio, "share_of_bf16_roofline": 0.5}]}
 
-    assert gc.verdict(rep(310, 55))["done_when_met"] is True
-    assert gc.verdict(rep(290, 55))["done_when_met"] is False
-    assert gc.verdict(rep(310, 45))["done_when_met"] is False
-    assert gc.verdict(rep(310, 55, ok=False))["done_when_met"] is False
-    assert gc.verdict({"dry": False, "rows": []})["done_when_met"] is False
+    assert gc.report.verdict(rep(310, 55))["done_when_met"] is True
+    assert gc.report.verdict(rep(290, 55))["done_when_met"] is False
+    assert gc.report.verdict(rep(310, 45))["done_when_met"] is False
+    assert gc.report.verdict(rep(310, 55, ok=False))["done_when_met"] is False
+    assert gc.report.verdict({"dry": False, "rows": []})["done_when_met"] is False
 
 
 def test_ort_wheel_parts_are_joined(tmp_path):
@@ -157,15 +168,15 @@ def test_ort_wheel_parts_are_joined(tmp_path):
     gc = _load_module()
     empty = tmp_path / "empty"
     empty.mkdir()
-    info = gc.install_ort_wheels(str(empty), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
+    info = gc.ort_wheels.install_ort_wheels(str(empty), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
     assert not info["installed"] and "no wheel" in info["reason"]
     parts = tmp_path / "parts"
     parts.mkdir()
     for suffix, data in (("ab", b"world"), ("aa", b"hello ")):
         (parts / f"x-1.0-py3-none-any.whl.part-{suffix}").write_bytes(data)
     calls = []
-    gc.run_logged = lambda cmd, timeout, env, cwd=None: calls.append(cmd) or {"exit_code": 1, "output": "no"}
-    info = gc.install_ort_wheels(str(parts), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
+    gc.ort_wheels.run_logged = lambda cmd, timeout, env, cwd=None: calls.append(cmd) or {"exit_code": 1, "output": "no"}
+    info = gc.ort_wheels.install_ort_wheels(str(parts), tmp_path, {"PYTHONPATH": ""}, lambda m: None)
     assert (tmp_path / "wheels" / "x-1.0-py3-none-any.whl").read_bytes() == b"hello world"
     assert info["wheels"] == ["x-1.0-py3-none-any.whl"] and "--no-index" in calls[0] and not info["installed"]
 
@@ -175,7 +186,7 @@ def test_kernel_times_reads_gpu_events_as_a_cuda_profile_gives_them():
     device time (either attribute name), CPU-side ops left out; then as a profiler without device types."""
     from types import SimpleNamespace as E
 
-    from gcomp.benchmarks.gpu_check import kernel_times
+    kernel_times = _load_module().phase_profile.kernel_times
 
     class DT:
         CUDA, CPU = "cuda", "cpu"

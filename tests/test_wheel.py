@@ -80,6 +80,18 @@ def test_every_package_and_module_is_in_the_wheel(wheel):
     assert "gcomp/setup.py" not in names  # the build script is no module of gcomp
 
 
+def test_the_gpu_check_is_not_in_the_wheel(wheel):
+    """benchmarks/gpu/ (the GPU check, run from a source checkout by benchmarks/gpu_check.sh) has no __init__.py:
+    no package, so none of its files is in the wheel, and the old single-file gpu_check module is gone; the
+    benchmarks package's own modules still are (test_every_package_and_module_is_in_the_wheel)."""
+    files, names, _ = wheel
+    gpu = [f for f in files if f.startswith("benchmarks/gpu/")]
+    assert "benchmarks/gpu/check.py" in gpu and "benchmarks/gpu/__init__.py" not in gpu
+    assert not [n for n in names if n.startswith("gcomp/benchmarks/gpu/")]
+    assert not [n for n in names if "gpu_check" in n]  # neither the old module nor gpu_check.sh
+    assert {"gcomp/benchmarks/__init__.py", "gcomp/benchmarks/bench.py", "gcomp/benchmarks/flops.py"} <= names
+
+
 def test_the_bundled_models_are_in_the_wheel(wheel):
     files, names, _ = wheel
     for name in ("default", "small"):  # engine.api.BUNDLED
