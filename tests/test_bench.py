@@ -203,3 +203,19 @@ def test_the_ring_stop_benchmark_holds_out_known_pixels_next_to_the_hole():
     ring = ring_of(known, 2)
     assert ring[known < 0.5].sum() == 0  # only known pixels
     assert ring[2:14, 2:14].sum() == ring.sum() == 12 * 12 - 8 * 8  # a 2-pixel frame around the hole
+
+
+def test_output_hashes_are_the_same_for_two_runs_and_name_what_differs(tmp_path):
+    """benchmarks/output_hashes.py, the before/after check for changes that must keep outputs byte-identical."""
+    from gcomp.benchmarks import output_hashes as oh
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    res = oh.run(a, models=("small",))
+    assert {"small-defaults", "small-search-settings", "small-arrays", "small-prepared"} <= set(res)
+    assert len(res["small-defaults"]) == 11 and res["small-search-settings"]["blend"] == "poisson:1"
+    oh.run(b, models=("small",))
+    assert oh.compare(a, b) == []
+    changed = json.loads((b / "hashes.json").read_text())
+    changed["small-arrays"][0] = "0" * 16
+    (b / "hashes.json").write_text(json.dumps(changed))
+    assert oh.compare(a, b) == ["small-arrays"]
