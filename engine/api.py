@@ -25,8 +25,7 @@ from .backends import Backend, BackendError, open_backend
 from .batch import complete_batch
 from .encoder import Encoder, load_encoder
 from .jobs import Item, Summary
-from .masks import MaskError, MaskSpec
-from .masks import mask_kind
+from .masks import MaskError, MaskSpec, mask_kind
 from .options import CompleteOptions, Settings, recommended_for
 from .prepare import Prepared, prepare_image
 from .search import SearchParams
@@ -192,10 +191,14 @@ class Model:
         # The model may recommend settings per mask kind: images are searched in groups that share their settings
         # (an image's result does not depend on its batch), in order within each group.
         base = _with_settings(options, settings)
+        by_mask: dict[str | None, Settings] = {}  # resolved once per mask string (arrays: None), not per image
         groups: dict[Settings, list[int]] = {}
         for i in range(n):
             m = mask_of(i)
-            groups.setdefault(self._resolve(base, m if isinstance(m, str) else None), []).append(i)
+            m = m if isinstance(m, str) else None
+            if m not in by_mask:
+                by_mask[m] = self._resolve(base, m)
+            groups.setdefault(by_mask[m], []).append(i)
         outs: list[np.ndarray | None] = [None] * n
         for gopts, idx in groups.items():
             for lo in range(0, len(idx), gopts.batch_size):

@@ -29,9 +29,10 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: Settings,
                    on_progress: Callable[[int, np.ndarray], None] | None = None,
                    encoder: Encoder | None = None) -> tuple[list[np.ndarray], dict]:
     """Search, pick the best restart, blend, composite. Returns each image in its original layout
-    (an in-memory array: RGB). opts: the job's Settings, resolved once (Model.options), used as given. With an encoder, each image's first start is the encoder's latent; further
-    restarts are random. stats: each image's final loss (NaN at 0 iterations with one start: not computed), the
-    restart that won, the search's seconds and its mean loss per step."""
+    (an in-memory array: RGB). opts: the job's Settings, resolved once (Model.options), used as given. With an
+    encoder, each image's first start is the encoder's latent; further restarts are random. stats: each image's
+    final loss (NaN at 0 iterations with one start: not computed), the restart that won, the search's seconds and
+    its mean loss per step."""
     if not isinstance(opts, Settings):
         raise TypeError(f"complete_batch runs a job's resolved Settings (Model.options, Settings.resolve), got "
                         f"{type(opts).__name__}")

@@ -37,8 +37,8 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 

@@ -27,6 +27,7 @@ description, license, date.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -136,8 +137,6 @@ def _recommended_values(given: dict, prefix: str) -> dict:
 def _number(value, integer: bool, name: str):
     """A recommended number from its text or value; a whole-number setting refuses 5.7 (not truncated to 5)
     and True (a bool is no count); a real one refuses nan and inf."""
-    import math
-
     bad = ValueError(f"--recommend: {name}={value!r} is not {'a whole number' if integer else 'a finite number'}")
     if isinstance(value, bool) or value is None:
         raise bad
