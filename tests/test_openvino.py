@@ -202,25 +202,29 @@ def test_the_encoder_runs_on_openvino_beside_an_openvino_search():
         assert np.allclose(enc_ov(y, known), enc_ort(y, known), atol=1e-4)
 
 
-def test_bf16_marks_the_transposed_convolutions_for_the_graph_tail(exported):
+def test_bf16_marks_the_transposed_convolutions_for_the_graph_tail():
     """OpenVINO's bf16 pass leaves a graph's tail in f32 and never stops its walk at a transposed convolution, so
-    the generator's ConvTranspose nodes ran f32 at --precision bf16 (3x slower on AMX): they are marked to run bf16.
-    fp32 marks nothing."""
+    the generator's ConvTranspose nodes ran f32 at --precision bf16 (3x slower on AMX): those with at least
+    BF16_TAIL_MIN_CHANNELS channels in and out are marked to run bf16 (the bundled small model: all but the last, to
+    3 channels). fp32 marks nothing; nor is anything else marked."""
     ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    from gcomp.engine.api import MODELS
     from gcomp.engine.backends.openvino_backend import BF16_TAIL_KEY, read_model
 
     core = ov.Core()
-    for precision, marked in (("bf16", True), ("fp32", False)):
-        model = read_model(core, exported / "generator.onnx", precision)
+    for precision in ("bf16", "fp32"):
+        model = read_model(core, MODELS / "small" / "generator.onnx", precision)
         deconvs = [op for op in model.get_ops() if op.get_type_name() == "ConvolutionBackpropData"]
-        assert deconvs and all((BF16_TAIL_KEY in op.get_rt_info()) == marked for op in deconvs)
+        marked = [BF16_TAIL_KEY in op.get_rt_info() for op in deconvs]
+        outs = [op.get_output_partial_shape(0)[1].get_length() for op in deconvs]
+        assert len(deconvs) == 4 and marked == [precision == "bf16" and c > 3 for c in outs], (marked, outs)
         others = [op for op in model.get_ops() if op.get_type_name() in ("Tanh", "Relu", "MatMul")]
         assert others and not any(BF16_TAIL_KEY in op.get_rt_info() for op in others)
 
 
 def test_bf16_runs_the_transposed_convolutions_in_bf16_close_to_fp32(tmp_path):
-    """Where the CPU computes bf16: every transposed convolution of the bundled small model's compiled generator and
-    step runs bf16 (oneDNN keeps a tiny test model's few channels in f32 anyway), and the results stay within
+    """Where the CPU computes bf16: the bundled small model's compiled generator runs its three marked transposed
+    convolutions in bf16 (the last, to 3 channels, stays f32), the step all but that one, and the results stay within
     bf16's reach of ONNX Runtime fp32 on the same graphs (measured on a 2-core Xeon with AMX, batch 8: generator
     |dx| 0.004 of [-1, 1], loss 0.04% relative; tolerances 0.05 and 3%)."""
     ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
@@ -240,7 +244,7 @@ def test_bf16_runs_the_transposed_convolutions_in_bf16_close_to_fp32(tmp_path):
                 ran = [op.get_rt_info()["runtimePrecision"].astype(str)
                        for op in req.get_compiled_model().get_runtime_model().get_ordered_ops()
                        if op.get_rt_info()["layerType"].astype(str) == "Deconvolution"]
-                assert len(ran) >= 4 and set(ran) == {"bf16"}, ran
+                assert ran.count("bf16") == len(ran) - 1 >= 3, ran
     with open_backend(m, "onnxruntime") as rb, open_backend(m, "openvino", precision="bf16") as vb:
         z0, y, w = search_inputs(8, rb.info.size, rb.info.zdim)
         assert np.abs(vb.generate(z0) - rb.generate(z0)).max() < 0.05
