@@ -32,34 +32,52 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: Settings,
     (an in-memory array: RGB). opts: the job's Settings, resolved once (Model.options), used as given. With an
     encoder, each image's first start is the encoder's latent; further restarts are random. stats: each image's
     final loss (NaN at 0 iterations with one start: not computed), the restart that won, the search's seconds and
-    its mean loss per step."""
+    its mean loss per step. The two halves, `generate_batch` (the networks) and `finish_batch` (the CPU's blend
+    and composite), are what a pipelined driver runs side by side on consecutive batches."""
+    x, stats = generate_batch(backend, batch, opts, on_progress, encoder)
+    return finish_batch(batch, x, opts), stats
+
+
+def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
+                   on_progress: Callable[[int, np.ndarray], None] | None = None,
+                   encoder: Encoder | None = None) -> tuple[np.ndarray, dict]:
+    """The networks' half of complete_batch: the starts, the search, the best restart's G(z) ([B, C, S, S])."""
     if not isinstance(opts, Settings):
-        raise TypeError(f"complete_batch runs a job's resolved Settings (Model.options, Settings.resolve), got "
+        raise TypeError(f"a batch runs a job's resolved Settings (Model.options, Settings.resolve), got "
                         f"{type(opts).__name__}")
     info = backend.info
     n, R = len(batch), opts.restarts
     keys = [p.item.key for p in batch]
     y = np.stack([p.y for p in batch])
-    w = np.stack([p.w for p in batch])
-    z0 = initial_latents(keys, R, info.zdim, opts.seed)
-    if encoder is not None:
-        z0.reshape(n, R, -1)[:, 0] = encoder(y, np.stack([p.known_small for p in batch]))
-    yR, wR = np.repeat(y, R, 0), np.repeat(w, R, 0)
-    cb = None
-    if on_progress is not None:
-        cb = lambda i, z: on_progress(i, z[::R])  # noqa: E731 (each image's first start)
-    if opts.search.iters == 0 and R == 1:
+    searches = not (opts.search.iters == 0 and R == 1)
+    if encoder is not None and R == 1:
+        z0 = encoder(y, np.stack([p.known_small for p in batch]))  # every start is the encoder's: no random draws
+    else:
+        z0 = initial_latents(keys, R, info.zdim, opts.seed)
+        if encoder is not None:
+            z0.reshape(n, R, -1)[:, 0] = encoder(y, np.stack([p.known_small for p in batch]))
+    if not searches:
         # No step and one start: the loss would decide nothing, so no graph computes it (it is a whole forward
         # and backward pass of G and D, more than the encoder and the generator together): reported as NaN.
         z_best, loss, best = z0, np.full((n, 1), np.nan), np.zeros(n, int)
         seconds, history = 0.0, []
     else:
+        w = np.stack([p.w for p in batch])
+        yR, wR = (y, w) if R == 1 else (np.repeat(y, R, 0), np.repeat(w, R, 0))
+        cb = None
+        if on_progress is not None:
+            cb = lambda i, z: on_progress(i, z[::R])  # noqa: E731 (each image's first start)
         res = backend.search(z0, yR, wR, opts.search, cb)
         loss = res.loss.reshape(n, R)
         best = loss.argmin(1)
         z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
         seconds, history = res.seconds, res.history
-    x = backend.generate(z_best)
+    stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": seconds, "history": history}
+    return backend.generate(z_best), stats
+
+
+def finish_batch(batch: list[Prepared], x: np.ndarray, opts: Settings) -> list[np.ndarray]:
+    """The CPU's half of complete_batch: each G(z) pasted, blended and composited over its image."""
     outs = []
     fills = blend_many([p.image.rgb for p in batch], [paste_fill(p, images.from_model_output(xi)) for p, xi in
                                                        zip(batch, x)], [p.known for p in batch], opts.blend)
@@ -68,8 +86,7 @@ def complete_batch(backend: Backend, batch: list[Prepared], opts: Settings,
             outs.append(np.where(p.known.astype(bool)[:, :, None], p.image.rgb, fill))
         else:
             outs.append(images.composite(p.image.original, fill, p.known))
-    stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": seconds, "history": history}
-    return outs, stats
+    return outs
 
 
 def paste_fill(p: Prepared, gen: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from . import images
 from .backends import Backend
-from .batch import complete_batch, progress_writer
+from .batch import finish_batch, generate_batch, progress_writer
 from .encoder import Encoder
 from .images import ImageError
 from .jobs import (Interrupted, Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo,
@@ -58,6 +58,10 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
     chunks = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     size = be.info.size
     pool = ThreadPoolExecutor(max(1, opts.io_threads), thread_name_prefix="gcomp-io")
+    # One thread blends and composites batch k (finish_batch) while this one runs the networks on batch k + 1;
+    # it hands each output to the I/O pool to be written.
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="gcomp-finish")
+    finishing: Future | None = None  # the batch being finished: its writes, once submitted
     writes: list[tuple[Item, Future]] = []
     # Outputs written without error, counted as each write finishes (next() on a count is atomic): what Ctrl-C
     # reports. summary.done lags behind it, and a Ctrl-C inside _drain would count some writes twice there.
@@ -90,15 +94,20 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
             if batch:
                 on_prog = progress_writer(be, batch, dst if out_dir == dst else out_dir, batch_no,
                                           opts.search.iters) if opts.save_progress else None
-                outs, stats = complete_batch(be, batch, opts, on_prog, encoder)
+                x, stats = generate_batch(be, batch, opts, on_prog, encoder)
                 summary.search_seconds += stats["seconds"]
-                for p, arr in zip(batch, outs):
-                    writes.append((p.item, pool.submit(images.write, p.item.out, arr, tag)))
-                    writes[-1][1].add_done_callback(lambda f: f.cancelled() or f.exception() or next(written))
+                if finishing is not None:
+                    writes += finishing.result()
+                finishing = finisher.submit(finish_and_write, pool, batch, x, opts, tag, written)
                 batch_no += 1
             writes = _drain(writes, summary, fail, bar, block=False)
+        if finishing is not None:
+            writes += finishing.result()
+            finishing = None
         _drain(writes, summary, fail, bar, block=True)
     except KeyboardInterrupt:
+        if finishing is not None:  # a finished batch's results are written too
+            finishing.result()
         for futs in ahead:  # Ctrl-C: drop the decodes queued for batches that will not run; finish the writes,
             for _, fut in futs:  # whose results are already computed (each lands whole or not at all)
                 fut.cancel()
@@ -108,9 +117,21 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
         finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
         raise Interrupted(done, len(todo) - done) from None
     finally:
+        finisher.shutdown(wait=True)
         pool.shutdown(wait=True)
         bar.close()
     return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
+
+
+def finish_and_write(pool: ThreadPoolExecutor, batch: list[Prepared], x, opts: Settings, tag: str,
+                     written) -> list[tuple[Item, Future]]:
+    """finish_batch, then each output's write submitted to the I/O pool (counted in `written` once on disk)."""
+    futs = []
+    for p, arr in zip(batch, finish_batch(batch, x, opts)):
+        fut = pool.submit(images.write, p.item.out, arr, tag)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception() or next(written))
+        futs.append((p.item, fut))
+    return futs
 
 
 def _drain(writes, summary: Summary, fail, bar, block: bool):

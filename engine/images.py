@@ -295,10 +295,11 @@ def remove_stale_temps(root: Path, tag: str) -> int:
 
 
 def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> 3 x size x size float32 in [-1, 1]."""
+    """HxWx3 uint8 -> 3 x size x size float32 in [-1, 1], C-contiguous (a transposed view would make every
+    np.stack of a batch a strided copy, and each runtime copy it again)."""
     if rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    return (rgb.astype(np.float32).transpose(2, 0, 1) / 127.5) - 1.0
+    return (np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32) / 127.5) - 1.0
 
 
 def from_model_output(x: np.ndarray) -> np.ndarray:

@@ -373,8 +373,8 @@ def test_blend_many_solves_large_shared_holes_in_chunks_that_fit_its_budget(monk
     fills = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
     knowns = [make_mask("center", 32)] * 5
     sizes = []
-    solve = B._poisson
-    monkeypatch.setattr(B, "_poisson", lambda rgb, *a: sizes.append(rgb.shape[2] // 3) or solve(rgb, *a))
+    solve = B._solve  # one call per solve; g's columns: 3 per image
+    monkeypatch.setattr(B, "_solve", lambda system, g, *a: sizes.append(g.shape[1] // 3) or solve(system, g, *a))
     monkeypatch.setattr(B, "GROUP_BYTES", 2 * 16 * 16 * 3 * B._SOLVE_BYTES_PER_VALUE)  # two images' worth
     many = B.blend_many(rgbs, fills, knowns, "poisson:0.75")
     assert sizes == [2, 2, 1]

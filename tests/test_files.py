@@ -258,8 +258,9 @@ def test_blending_a_small_hole_in_a_large_image_costs_the_hole_s_region_not_the_
         finally:
             tracemalloc.stop()
             B.EXACT_MAX = old
-        # the fill it returns, the hole mask, and 20 MB for the region's own work (the sparse LU of 40,000 unknowns)
-        assert peak < fill.nbytes + known.size + 20e6, f"{exact_max}: {peak / 1e6:.0f} MB"
+        # the fill it returns, the hole mask, and 25 MB for the region's own work (40,000 unknowns: the sparse LU
+        # and the right-hand side's two sparse maps, measured 22 MB)
+        assert peak < fill.nbytes + known.size + 25e6, f"{exact_max}: {peak / 1e6:.0f} MB"
         assert np.abs(out[1000:1200, 2000:2200].astype(int) - 120).max() <= 3  # flat context: flat (OpenCV's: ~)
         assert np.array_equal(out[:900], fill[:900])  # far from the hole: untouched
 
