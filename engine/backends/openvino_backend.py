@@ -15,8 +15,9 @@ Convolution, FullyConnected, MatMul (and a few more) nodes, never at a transpose
 the step graph the generator's four lie on the loss output's tail, so at bf16 they ran in f32
 (brgconv_avx512_f32): measured on a 2-core Xeon with AMX (OpenVINO 2026.4, batch 64), the gf = 64 generator
 102 ms per call, the step 181 ms. Those nodes are marked `enforceBF16evenForGraphTail` (the plugin's own
-runtime-info switch), which puts them on the AMX kernels: generator 33 ms, step 112 ms. Only the
-transposed convolutions are marked; the element-wise tail (Tanh, the latent's update, the loss) stays f32.
+runtime-info switch), which puts them on the AMX kernels: generator 33 ms, step 112 ms. Only transposed
+convolutions are marked (from BF16_TAIL_MIN_CHANNELS up); the element-wise tail (Tanh, the latent's update, the
+loss) stays f32.
 A compiled model read back from OpenVINO's cache has lost the marks, so bf16 is compiled afresh each time.
 """
 from __future__ import annotations
