@@ -72,7 +72,7 @@ class Encoder:
                                "was called): take one from an open model, model.encoder()")
         feeds = {"image": np.ascontiguousarray(y, np.float32), "mask": np.ascontiguousarray(known, np.float32)}
         if self.runtime == "openvino":
-            z = np.array(self._request.infer(feeds, share_inputs=True, share_outputs=True)["z"])  # one copy
+            z = np.array(self._request.infer(feeds)["z"])
         else:
             z = self.session.run(["z"], feeds)[0]
         return np.clip(z, -1, 1).astype(np.float32)
