@@ -8,6 +8,9 @@ folder is read-only (the bundled model inside site-packages).
 Precision: `bf16` sets INFERENCE_PRECISION_HINT=bf16 (weights and activations in bf16 inside
 OpenVINO; the graph's inputs and outputs stay float32); `auto` picks bf16 only on CPUs with
 native bf16 (AVX512_BF16 or AMX), where it is fast; elsewhere OpenVINO would emulate it slowly.
+At bf16 both graphs are compiled from copies whose transposed convolutions are sub-pixel convolutions
+(subpixel.py; OpenVINO leaves transposed ones in f32 on a graph's tail): gf = 64, batch 64, 2-core Xeon with AMX,
+generator 106 -> 29 ms per call, step 196 -> 111 ms.
 """
 from __future__ import annotations
 
@@ -32,6 +35,29 @@ def pick_precision(requested: str, native_bf16: bool | None = None) -> str:
         return requested
     native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
     return "bf16" if native else "fp32"
+
+
+SUBPIXEL_SUFFIX = "-subpixel-v2.onnx"  # a new rewrite gets a new name: no stale copy is ever read
+
+
+def subpixel_copy(path: Path, cache_dir: Path) -> Path:
+    """The graph with its transposed convolutions as sub-pixel convolutions (subpixel.py), written once into the
+    model's cache folder (named by the graphs' content), or `path` itself when it has none to rewrite."""
+    out = cache_dir / (path.stem + SUBPIXEL_SUFFIX)
+    if out.is_file():
+        return out
+    import onnx
+
+    from .subpixel import rewrite
+
+    model = onnx.load(str(path))
+    if not rewrite(model):
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)  # whole or not at all: another process may be opening the same model
+    return out
 
 
 def cache_dir_for(model_folder: Path) -> Path:
@@ -91,8 +117,12 @@ class OpenVINOBackend(Backend):
         # the encoder runs here too, as one request on all threads at this precision (engine/encoder.py)
         self.encoder_openvino = {**config, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
-            self.gen = core.compile_model(str(gen_path), "CPU", config).create_infer_request()
-            step_model = core.compile_model(str(step_path), "CPU", config)
+            # at bf16 the transposed convolutions run as sub-pixel convolutions (subpixel.py: OpenVINO leaves
+            # transposed ones in f32 on a graph's tail); fp32 compiles the graphs as exported
+            gen_file, step_file = ((subpixel_copy(p, self.cache_dir) for p in (gen_path, step_path))
+                                   if self.precision == "bf16" else (gen_path, step_path))
+            self.gen = core.compile_model(str(gen_file), "CPU", config).create_infer_request()
+            step_model = core.compile_model(str(step_file), "CPU", config)
         except RuntimeError as e:
             raise BackendError(f"{step_path.parent}: OpenVINO cannot compile it ({e})") from None
         self.step_reqs = [step_model.create_infer_request() for _ in range(n)]
