@@ -50,12 +50,13 @@ def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
     keys = [p.item.key for p in batch]
     y = np.stack([p.y for p in batch])
     searches = not (opts.search.iters == 0 and R == 1)
-    if encoder is not None and R == 1:
-        z0 = encoder(y, np.stack([p.known_small for p in batch]))  # every start is the encoder's: no random draws
+    z_enc = None if encoder is None else encoder(y, np.stack([p.known_small for p in batch]))
+    if z_enc is not None and R == 1:
+        z0 = z_enc  # every start is the encoder's: no random draws
     else:
         z0 = initial_latents(keys, R, info.zdim, opts.seed)
-        if encoder is not None:
-            z0.reshape(n, R, -1)[:, 0] = encoder(y, np.stack([p.known_small for p in batch]))
+        if z_enc is not None:
+            z0.reshape(n, R, -1)[:, 0] = z_enc
     if not searches:
         # No step and one start: the loss would decide nothing, so no graph computes it (it is a whole forward
         # and backward pass of G and D, more than the encoder and the generator together): reported as NaN.

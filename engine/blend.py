@@ -109,11 +109,12 @@ def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: Blend | str
     # hole's bounding box, after a radius-3 Telea fill), so they run on that region: a small hole in a large photo
     # costs the region's memory, not the photo's (a 4000x4000 photo once took 0.9 GB here for a 345x345 hole).
     r = _region(hole, _MARGIN)
+    if n <= EXACT_MAX:
+        outs = [None]
+        _blend_group([rgb], [fill], [0], hole, r, fill.shape[2], weight, outs)  # the exact solve, one image
+        return outs[0]
     out = fill.copy()
-    if n > EXACT_MAX:
-        out[r] = _seamless_blend(rgb[r], fill[r], hole[r], weight)
-    else:
-        out[r] = _poisson(rgb[r], fill[r], hole[r], weight)
+    out[r] = _seamless_blend(rgb[r], fill[r], hole[r], weight)
     return out
 
 
@@ -185,17 +186,6 @@ def _seamless_blend(rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, weight:
     for i in range(0, len(a), 256):  # in blocks of rows: no float64 copy of the whole region
         rows = slice(i, i + 256)
         out[rows] = np.clip(np.rint(wa * a[rows].astype(np.float64) + wb * b[rows].astype(np.float64)), 0, 255)
-    return out
-
-
-def _poisson(rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    system = _system(hole.shape, np.packbits(hole).tobytes())
-    out = fill.copy()
-    if system is None:  # no hole pixel touches a known one: nothing pins the solution
-        return out
-    c = fill.shape[2]
-    out[system.ys, system.xs] = _solve(system, fill.reshape(-1, c)[system.read], rgb.reshape(-1, c)[system.known],
-                                       weight)
     return out
 
 
