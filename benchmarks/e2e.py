@@ -81,8 +81,7 @@ def time_stages(model, items: list[Item], opts, out: Path) -> dict:
         outs = [images.composite(p.image.original, fill, p.known) for p, fill in zip(batch, fills)]
         t6 = time.perf_counter()
         for p, arr in zip(batch, outs):
-            (out / p.item.key).parent.mkdir(parents=True, exist_ok=True)
-            images.write(out / p.item.key, arr)
+            images.write(out / p.item.key, arr)  # creates the folder on its first file, as in the job
         t7 = time.perf_counter()
         for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
             t[name] += b - a

@@ -41,9 +41,9 @@ def mode(path) -> int:
 @pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
                          ids=["umask022", "umask077", "umask002"])
 def test_written_files_get_new_file_permissions(tmp_path, mask, expected):
-    """mkstemp makes 0600 files and the rename keeps the mode: outputs get 0666 less the umask instead."""
+    """Outputs get 0666 less the umask, as any program's (a temporary file made 0600, as mkstemp does, would keep
+    that mode through the rename)."""
     with umask(mask):
-        assert images.current_umask() == mask
         images.write_atomic(tmp_path / "a.json", b"{}")
         images.write(tmp_path / "sub" / "b.png", np.zeros((4, 4, 3), np.uint8), tag="s1of1-")
         images.write_atomic(tmp_path / "a.json", b"[]")  # replacing a file: the new file's mode too
@@ -52,14 +52,22 @@ def test_written_files_get_new_file_permissions(tmp_path, mask, expected):
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
-@POSIX
-def test_umask_is_read_without_changing_it(monkeypatch):
-    with umask(0o027):
-        assert images.current_umask() == 0o027
-        # without /proc (not Linux): the umask read once at import
-        monkeypatch.setattr(images, "_umask_from_proc", lambda: None)
-        assert images.current_umask() == images._UMASK_AT_IMPORT
-        assert os.umask(0o027) == 0o027  # still the caller's
+def test_atomic_writes_from_many_threads_and_a_stale_temporary_name(tmp_path, monkeypatch):
+    """Temporary names are this process's id and a serial number: threads writing into one folder never collide,
+    and a name an earlier process of the same id left behind is passed over (not overwritten, not an error)."""
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(images, "_tmp_serial", itertools.count(7))
+    stale = tmp_path / f"{images.TMP_PREFIX}t{os.getpid()}-7{images.TMP_SUFFIX}"
+    stale.write_bytes(b"left by a killed run")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: images.write_atomic(tmp_path / "out" / f"{i:03d}.bin", bytes([i])),
+                      range(200)))
+    images.write_atomic(tmp_path / f"a{images.SUFFIXES[0]}", b"x", tag="t")
+    assert stale.read_bytes() == b"left by a killed run"
+    assert [p.read_bytes() for p in sorted((tmp_path / "out").iterdir())] == [bytes([i]) for i in range(200)]
+    assert images.remove_stale_temps(tmp_path, "t") == 1 and not list(tmp_path.rglob("*.tmp"))
 
 
 @POSIX
