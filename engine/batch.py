@@ -12,7 +12,7 @@ from .backends import Backend
 from .blend import blend_many
 from .encoder import Encoder
 from .jobs import PROGRESS_DIR
-from .masks import image_rng
+from .masks import context_weights, image_rng
 from .options import Settings
 from .prepare import Prepared
 
@@ -49,7 +49,7 @@ def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
     n, R = len(batch), opts.restarts
     keys = [p.item.key for p in batch]
     y = np.stack([p.y for p in batch])
-    searches = not (opts.search.iters == 0 and R == 1)
+    searches = opts.searches
     z_enc = None if encoder is None else encoder(y, np.stack([p.known_small for p in batch]))
     if z_enc is not None and R == 1:
         z0 = z_enc  # every start is the encoder's: no random draws
@@ -63,7 +63,8 @@ def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
         z_best, loss, best = z0, np.full((n, 1), np.nan), np.zeros(n, int)
         seconds, history = 0.0, []
     else:
-        w = np.stack([p.w for p in batch])
+        w = np.stack([p.w if p.w is not None else context_weights(p.known_small[0], opts.search.weighted)[None]
+                      for p in batch])  # prepared without them (weights=False): made here
         yR, wR = (y, w) if R == 1 else (np.repeat(y, R, 0), np.repeat(w, R, 0))
         cb = None
         if on_progress is not None:

@@ -70,8 +70,8 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
     ahead: deque = deque()
     try:
         def submit(chunk):
-            return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted, opts.face, log, blends))
-                    for it in chunk]
+            return [(it, pool.submit(prepare, it, spec, size, opts.seed, opts.search.weighted, opts.face, log, blends,
+                                     opts.searches)) for it in chunk]
 
         it_chunks = iter(chunks)
         for chunk in it_chunks:

@@ -280,7 +280,10 @@ def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
     np.stack of a batch a strided copy, and each runtime copy it again)."""
     if rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    return (np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32) / 127.5) - 1.0
+    x = np.empty((3, *rgb.shape[:2]), np.float32)
+    np.divide(rgb.transpose(2, 0, 1), np.float32(127.5), out=x)  # x / 127.5 - 1 in float32, in two passes
+    x -= 1.0
+    return x
 
 
 def from_model_output(x: np.ndarray) -> np.ndarray:

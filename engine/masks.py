@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from . import images
 
 KINDS = ("center", "random", "left", "right", "top", "bottom", "grid", "lowres", "pattern", "strokes", "full")
 ALIASES = {"half": "left"}  # the paper's "half" mask is the left half
+RANDOM_KINDS = ("random", "pattern", "strokes")  # drawn per image (from the seed and its name); the rest are fixed
 DEFAULT_PARAM = {"center": 0.25, "random": 0.8, "grid": 4, "lowres": 4, "pattern": 0.25, "strokes": 4}
 WEIGHT_WINDOW = 7  # the paper's neighbourhood for the weighted context loss
 
@@ -47,7 +49,8 @@ def make_mask(kind: str, size: int, param: float | None = None, rng: np.random.G
     if kind not in KINDS:
         raise MaskError(f"unknown mask kind {kind!r}; choose from {', '.join(KINDS)} or give a mask file/folder")
     p = DEFAULT_PARAM.get(kind) if param is None else param
-    rng = rng or np.random.default_rng(0)
+    if kind in RANDOM_KINDS and rng is None:
+        rng = np.random.default_rng(0)
     m = np.ones((size, size), np.float32)
     h = size // 2
     if kind == "center":
@@ -159,13 +162,27 @@ def read_mask_file(path: str | Path, key: str | None = None) -> np.ndarray:
     return (img <= 127).astype(np.float32)
 
 
+FIXED_CACHED = 4  # image sizes whose fixed mask a MaskSpec keeps (a folder of photos of one size needs one)
+
+
 @dataclass
 class MaskSpec:
-    """What `--mask` said: a kind (with an optional parameter) or a file/folder of mask images."""
+    """What `--mask` said: a kind (with an optional parameter) or a file/folder of mask images.
+
+    A mask that is the same for every image of a size (a fixed kind such as center, or one mask file) is made once
+    per size and shared, read-only: a job's images do not each draw it again or decode the file again."""
 
     kind: str | None = None
     param: float | None = None
     path: Path | None = None
+    _fixed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def __getstate__(self):  # pickled for Ray's workers: the lock cannot travel, and the cache need not
+        return {"kind": self.kind, "param": self.param, "path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
 
     @classmethod
     def parse(cls, spec: str) -> "MaskSpec":
@@ -208,23 +225,35 @@ class MaskSpec:
     def known(self, key: str, shape: tuple[int, int], size: int, seed: int) -> np.ndarray:
         """Full-resolution mask (1 = known) for the image named `key` (its path relative to the input)."""
         h, w = shape
-        if self.kind is not None:
-            m = make_mask(self.kind, size, self.param, image_rng(seed, key, stream=1))
-            if (h, w) != (size, size):
-                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
-            return m
-        if self.path.is_dir():
-            f = self._find_in_folder(key)
-            m = read_mask_file(f, key)
-            if m.shape != (h, w):
-                raise MaskError(f"{key}: mask {f} is {m.shape[1]}x{m.shape[0]}, the image {w}x{h}: a folder's masks "
-                                f"must be the size of their images")
-            return m
-        # One mask for every image: scaled to each.
-        m = read_mask_file(self.path)
+        if self.kind in RANDOM_KINDS:
+            return self._scaled(make_mask(self.kind, size, self.param, image_rng(seed, key, stream=1)), h, w)
+        if self.kind is not None or not self.path.is_dir():  # one mask for every image: scaled to each
+            return self._fixed_mask(h, w, size)
+        f = self._find_in_folder(key)
+        m = read_mask_file(f, key)
         if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+            raise MaskError(f"{key}: mask {f} is {m.shape[1]}x{m.shape[0]}, the image {w}x{h}: a folder's masks "
+                            f"must be the size of their images")
         return m
+
+    def _fixed_mask(self, h: int, w: int, size: int) -> np.ndarray:
+        """A fixed kind's mask, or the one mask file's, at h x w: made once per size, read-only (shared)."""
+        with self._lock:
+            m = self._fixed.get((h, w, size))
+        if m is None:
+            m = make_mask(self.kind, size, self.param) if self.kind is not None else read_mask_file(self.path)
+            m = self._scaled(m, h, w)
+            m.flags.writeable = False
+            with self._lock:
+                if len(self._fixed) >= FIXED_CACHED:
+                    self._fixed.pop(next(iter(self._fixed)))
+                self._fixed[(h, w, size)] = m
+        return m
+
+    @staticmethod
+    def _scaled(m: np.ndarray, h: int, w: int) -> np.ndarray:
+        """A mask drawn at the model's size (or a mask file's) scaled to the image (nearest: still 0 / 1)."""
+        return m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
 
     def _find_in_folder(self, key: str) -> Path:
         """The mask file for the image named `key`: same relative folder and stem, else the stem at the top."""

@@ -98,6 +98,12 @@ class Settings(CompleteOptions):
                    asked=asked, **about)
 
     @property
+    def searches(self) -> bool:
+        """The job runs the search (iterations, or restarts to choose between): only then are the context loss's
+        weights used (prepare computes them only then)."""
+        return self.search.iters > 0 or self.restarts > 1
+
+    @property
     def blend_asked(self) -> str:
         return self.asked.blend
 

@@ -19,7 +19,7 @@ class Prepared:
     image: images.Image
     known: np.ndarray  # full resolution, 1 = known
     y: np.ndarray  # [C, S, S] in [-1, 1]
-    w: np.ndarray  # [1, S, S] context weights
+    w: np.ndarray | None  # [1, S, S] context weights (None: prepared for a job that does not search)
     known_small: np.ndarray | None = None  # [1, S, S]: the mask the search sees (1 = known)
     box: tuple[int, int, int] | None = None  # (x, y, side): the face crop the search sees, if any
     rgb_out: bool = False  # an in-memory RGB array: the result is RGB too (a file keeps its own layout)
@@ -27,17 +27,19 @@ class Prepared:
 
 
 def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str = "off",
-            log: Callable[[str], None] | None = None, blends: bool = True) -> Prepared:
+            log: Callable[[str], None] | None = None, blends: bool = True, weights: bool = True) -> Prepared:
     """A file: read it, then `prepare_image`."""
-    return prepare_image(item, images.read(item.path), spec, size, seed, weighted, face, log, blends=blends)
+    return prepare_image(item, images.read(item.path), spec, size, seed, weighted, face, log, blends=blends,
+                         weights=weights)
 
 
 def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, size: int, seed: int,
                   weighted: bool, face: str = "off", log: Callable[[str], None] | None = None,
-                  rgb_out: bool = False, blends: bool = True) -> Prepared:
+                  rgb_out: bool = False, blends: bool = True, weights: bool = True) -> Prepared:
     """mask: a MaskSpec (kinds are drawn per image from `seed` and item.key), or a full-resolution array,
     1 = known. With face="auto", a mask kind on an image larger than the model applies to the face crop.
-    blends: the job blends its fills (not --blend none): a hole too large for that is noted in `log`."""
+    blends: the job blends its fills (not --blend none): a hole too large for that is noted in `log`.
+    weights: make the context loss's weights (a job that does not search never reads them: Settings.searches)."""
     h, w = image.shape
     images.check_min_side(w, h, item.key)  # a file was checked when read; an array (the Python API) is here
     box = None
@@ -67,7 +69,7 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
     if small.min() == 1:
         raise MaskError(f"{item.key}: the mask leaves nothing to fill (white / nonzero = fill)")
     return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
-                    w=context_weights(small, weighted)[None], known_small=small[None], box=box, rgb_out=rgb_out,
+                    w=context_weights(small, weighted)[None] if weights else None, known_small=small[None], box=box, rgb_out=rgb_out,
                     kind=mask.kind if isinstance(mask, MaskSpec) else None)
 
 

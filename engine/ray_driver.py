@@ -77,7 +77,8 @@ def import_ray():
 
 # -- the stages ----------------------------------------------------------------------------------
 
-def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str, blends: bool) -> dict:
+def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str, blends: bool,
+            weights: bool = True) -> dict:
     """A CPU task: prepare every image of one batch; per-image errors become ('error', ...) entries.
     The batch travels pickled in one binary column (Prepared holds arrays of different shapes)."""
     entries = []
@@ -85,7 +86,7 @@ def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, 
         item = Item(Path(path), key, Path(out))
         notes: list[str] = []
         try:
-            entries.append(("ok", prepare(item, spec, size, seed, weighted, face, notes.append, blends),
+            entries.append(("ok", prepare(item, spec, size, seed, weighted, face, notes.append, blends, weights),
                             "\n".join(notes)))
         except (ImageError, MaskError, OSError) as e:
             entries.append(("error", item, str(e)))
@@ -285,7 +286,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # a block per batch
             ds = ds.map(_decode, fn_kwargs=dict(spec=spec, size=info["size"], seed=opts.seed,
                                                 weighted=opts.search.weighted, face=opts.face,
-                                                blends=opts.blend.kind != "none"))
+                                                blends=opts.blend.kind != "none", weights=opts.searches))
             with warnings.catch_warnings():
                 # max_restarts has no named parameter in map_batches: Ray 2.60 warns about any extra remote
                 # argument (a RayDeprecationWarning on stderr in every run); the argument still applies.
