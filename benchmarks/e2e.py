@@ -35,8 +35,7 @@ import numpy as np
 from .. import __version__
 from ..engine import images
 from ..engine.api import open_model
-from ..engine.batch import initial_latents, paste_fill
-from ..engine.blend import blend_many
+from ..engine.batch import finish_batch, initial_latents
 from ..engine.jobs import Item, iter_inputs
 from ..engine.masks import MaskSpec
 from ..engine.prepare import prepare_image
@@ -62,23 +61,19 @@ def time_stages(model, items: list[Item], opts, out: Path) -> dict:
         t0 = time.perf_counter()
         decoded = [images.read(it.path) for it in chunk]
         t1 = time.perf_counter()
-        batch = [prepare_image(it, im, spec, size, opts.seed, opts.search.weighted, opts.face)
+        batch = [prepare_image(it, im, spec, size, opts.seed, opts.search.weighted, opts.face, weights=opts.searches)
                  for it, im in zip(chunk, decoded)]
         t2 = time.perf_counter()
         y = np.stack([p.y for p in batch])
-        w = np.stack([p.w for p in batch])
-        z = initial_latents([p.item.key for p in batch], 1, be.info.zdim, opts.seed)
-        if enc is not None:
-            z = enc(y, np.stack([p.known_small for p in batch]))
+        z = initial_latents([p.item.key for p in batch], 1, be.info.zdim, opts.seed) if enc is None else \
+            enc(y, np.stack([p.known_small for p in batch]))
         t3 = time.perf_counter()
         if opts.search.iters:
-            z = be.search(z, y, w, opts.search).z
+            z = be.search(z, y, np.stack([p.w for p in batch]), opts.search).z
         t4 = time.perf_counter()
         x = be.generate(z)
         t5 = time.perf_counter()
-        fills = blend_many([p.image.rgb for p in batch], [paste_fill(p, images.from_model_output(xi))
-                                                          for p, xi in zip(batch, x)], [p.known for p in batch], opts.blend)
-        outs = [images.composite(p.image.original, fill, p.known) for p, fill in zip(batch, fills)]
+        outs = finish_batch(batch, x, opts)  # the job's own blend and composite
         t6 = time.perf_counter()
         for p, arr in zip(batch, outs):
             images.write(out / p.item.key, arr)  # creates the folder on its first file, as in the job

@@ -109,10 +109,9 @@ def blend(rgb: np.ndarray, fill: np.ndarray, known: np.ndarray, how: Blend | str
     # hole's bounding box, after a radius-3 Telea fill), so they run on that region: a small hole in a large photo
     # costs the region's memory, not the photo's (a 4000x4000 photo once took 0.9 GB here for a 345x345 hole).
     r = _region(hole, _MARGIN)
-    if n <= EXACT_MAX:
-        outs = [None]
-        _blend_group([rgb], [fill], [0], hole, r, fill.shape[2], weight, outs)  # the exact solve, one image
-        return outs[0]
+    if n <= EXACT_MAX:  # the exact solve, one image
+        system, solved = _solve_group(rgb[r][None], fill[r][None], hole[r], weight)
+        return _pasted(fill, r, system, None if system is None else solved[0])
     out = fill.copy()
     out[r] = _seamless_blend(rgb[r], fill[r], hole[r], weight)
     return out
@@ -123,48 +122,100 @@ def blend_many(rgbs: list[np.ndarray], fills: list[np.ndarray], knowns: list[np.
     """blend() for a batch, the same results: images whose holes are identical (a folder under one mask kind, at one
     size) share one factorisation and one multi-right-hand-side solve, their channels side by side."""
     how = Blend(how)
-    kind, weight = how.kind, how.weight
-    if kind == "none":
+    if how.kind == "none":
         return list(fills)
     outs: list[np.ndarray | None] = [None] * len(fills)
-    groups: dict[tuple, list[int]] = {}
-    for i, known in enumerate(knowns):
-        hole = known < 0.5
-        n = int(np.count_nonzero(hole))
-        if 0 < n <= EXACT_MAX and n < hole.size and rgbs[i].shape[2:] == fills[i].shape[2:]:
-            groups.setdefault((hole.shape, np.packbits(hole).tobytes()), []).append(i)
-        else:
-            outs[i] = blend(rgbs[i], fills[i], known, how)  # nothing to blend, or the large-hole solver
-    for same in groups.values():
-        hole = knowns[same[0]] < 0.5
-        r = _region(hole, _MARGIN)
-        c = fills[same[0]].shape[2]
-        # a solve's float64 arrays grow with the images it takes: in chunks whose arrays stay within GROUP_BYTES
-        # (all of a batch of small faces at once, large photos' large holes one at a time)
-        per_image = int(np.count_nonzero(hole)) * c * _SOLVE_BYTES_PER_VALUE
-        step = max(1, GROUP_BYTES // per_image)
-        for start in range(0, len(same), step):
-            _blend_group(rgbs, fills, same[start:start + step], hole, r, c, weight, outs)
+    groups, rest = _groups(knowns, [rgb.shape[2:] == fill.shape[2:] for rgb, fill in zip(rgbs, fills)])
+    for i in rest:
+        outs[i] = blend(rgbs[i], fills[i], knowns[i], how)  # nothing to blend, or the large-hole solver
+    for hole, r, chunk in groups:
+        system, solved = _solve_group(np.stack([rgbs[i][r] for i in chunk]), np.stack([fills[i][r] for i in chunk]),
+                                      hole[r], how.weight)
+        for j, i in enumerate(chunk):
+            outs[i] = _pasted(fills[i], r, system, None if system is None else solved[j])
     return outs
 
 
-def _blend_group(rgbs, fills, idx, hole, r, c, weight, outs) -> None:
-    """Images `idx` sharing `hole`: one solve, their channels side by side (image-major columns); results into
-    outs. Only the pixels the system reads are gathered from each image (the hole and its neighbours)."""
-    system = _system(hole[r].shape, np.packbits(hole[r]).tobytes())
+def blend_stacked(rgb: np.ndarray, fill: np.ndarray, knowns: list[np.ndarray], how: Blend | str) -> np.ndarray:
+    """blend_many for images of one size stacked as [N, H, W, C] arrays, the same results in one new array: each
+    group's pixels gathered and its solution put back in one indexing step for all its images, not one per image
+    (a batch of 64 faces: ~0.1 ms less per face)."""
+    how = Blend(how)
+    if how.kind == "none":
+        return fill
+    out = fill.copy()
+    groups, rest = _groups(knowns)
+    for i in rest:
+        out[i] = blend(rgb[i], fill[i], knowns[i], how)
+    for hole, r, chunk in groups:
+        rows = rows_of(chunk)
+        system, solved = _solve_group(rgb[rows, r[0], r[1]], fill[rows, r[0], r[1]], hole[r], how.weight)
+        if system is not None:
+            out[rows, system.ys + r[0].start, system.xs + r[1].start] = solved
+    return out
+
+
+def rows_of(idx: list[int]) -> slice | np.ndarray:
+    """Images `idx` of a stacked batch as an index of its first axis: a slice where they are a run (a whole batch
+    under one mask: views, not copies), else a column of indices ([k, 1]: it pairs with the pixels' indices)."""
+    if idx[-1] - idx[0] + 1 == len(idx):
+        return slice(idx[0], idx[-1] + 1)
+    return np.asarray(idx)[:, None]
+
+
+def _groups(knowns: list[np.ndarray], ok: list[bool] | None = None):
+    """The images the exact solve takes, grouped by identical hole: [(hole, its region, indices)], each group in
+    chunks whose solve stays within GROUP_BYTES; and the rest (no hole, no known pixel, too large a hole, or not
+    `ok`), which blend() takes one by one. A mask shared by several images (the same array) is looked at once."""
+    found: dict[tuple, tuple[np.ndarray, list[int]]] = {}
+    rest, seen = [], {}
+    for i, known in enumerate(knowns):
+        if ok is not None and not ok[i]:
+            rest.append(i)
+            continue
+        key = seen.get(id(known))
+        if key is None:
+            hole = known < 0.5
+            n = int(np.count_nonzero(hole))
+            key = (hole.shape, np.packbits(hole).tobytes()) if 0 < n <= EXACT_MAX and n < hole.size else ()
+            seen[id(known)] = key
+            if key:
+                found.setdefault(key, (hole, []))
+        if key:
+            found[key][1].append(i)
+        else:
+            rest.append(i)
+    groups = []
+    for hole, same in found.values():
+        # a solve's float64 arrays grow with the images it takes: in chunks whose arrays stay within GROUP_BYTES
+        # (all of a batch of small faces at once, large photos' large holes one at a time)
+        per_image = int(np.count_nonzero(hole)) * 3 * _SOLVE_BYTES_PER_VALUE  # G's fills are RGB
+        step = max(1, GROUP_BYTES // per_image)
+        r = _region(hole, _MARGIN)
+        groups += [(hole, r, same[start:start + step]) for start in range(0, len(same), step)]
+    return groups, rest
+
+
+def _solve_group(rgb_r: np.ndarray, fill_r: np.ndarray, hole_r: np.ndarray, weight: float):
+    """One solve for images sharing a hole: their regions stacked [N, h, w, C] (the input's, G's) and the hole in
+    the region. Returns the system and each image's hole pixels [N, n, C] (uint8), or (None, None) where the hole
+    has no known neighbour. Only the pixels the system reads are gathered (the hole and its neighbours), the
+    images' channels side by side (image-major columns)."""
+    system = _system(hole_r.shape, np.packbits(hole_r).tobytes())
     if system is None:
-        for i in idx:
-            outs[i] = fills[i].copy()
-        return
-    flat = [(rgbs[i][r].reshape(-1, c), fills[i][r].reshape(-1, c)) for i in idx]
-    g = np.stack([f[system.read] for _, f in flat], axis=1).reshape(len(system.read), -1)
-    k = np.stack([f[system.known] for f, _ in flat], axis=1).reshape(len(system.known), -1)
-    solved = _solve(system, g, k, weight).reshape(len(system.ys), len(idx), c)
-    ys, xs = system.ys + r[0].start, system.xs + r[1].start
-    for j, i in enumerate(idx):
-        out = fills[i].copy()
-        out[ys, xs] = solved[:, j]
-        outs[i] = out
+        return None, None
+    n, c = len(rgb_r), rgb_r.shape[-1]
+    g = fill_r.reshape(n, -1, c)[:, system.read].transpose(1, 0, 2).reshape(len(system.read), -1)
+    k = rgb_r.reshape(n, -1, c)[:, system.known].transpose(1, 0, 2).reshape(len(system.known), -1)
+    return system, _solve(system, g, k, weight).reshape(len(system.ys), n, c).transpose(1, 0, 2)
+
+
+def _pasted(fill: np.ndarray, r: tuple[slice, slice], system, solved: np.ndarray | None) -> np.ndarray:
+    """A copy of `fill` with the solved hole pixels put in (a plain copy where nothing was solved)."""
+    out = fill.copy()
+    if system is not None:
+        out[r][system.ys, system.xs] = solved
+    return out
 
 
 def _region(hole: np.ndarray, margin: int) -> tuple[slice, slice]:

@@ -287,8 +287,8 @@ def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def from_model_output(x: np.ndarray) -> np.ndarray:
-    """3 x H x W in [-1, 1] -> HxWx3 uint8."""
-    return np.clip((x.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    """3 x H x W in [-1, 1] -> HxWx3 uint8; a batch [N, 3, H, W] -> [N, H, W, 3]."""
+    return np.clip((np.moveaxis(x, -3, -1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 def grid(images: list[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:

@@ -364,6 +364,53 @@ def test_blend_many_gives_each_images_own_blend():
         assert all(np.array_equal(m, B.blend(r, f, k, how)) for m, r, f, k in zip(many, rgbs, fills, knowns)), how
 
 
+def test_blend_stacked_gives_each_image_its_own_blend():
+    """The stacked batch (one size): groups in a run or scattered, a mask shared as one array or as equal copies,
+    no hole, no context, a hole of its own: the same bytes as blend() one by one."""
+    from gcomp.engine import blend as B
+
+    rng = np.random.default_rng(2)
+    n = 9
+    rgb = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    fill = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    center, own = make_mask("center", 32), make_mask("random", 32, 0.3, rng)
+    knowns = [center, center, make_mask("left", 32), center.copy(), np.ones((32, 32), np.float32), center,
+              np.zeros((32, 32), np.float32), own, make_mask("left", 32)]
+    for how in ("poisson:0.75", "poisson", "none"):
+        out = B.blend_stacked(rgb, fill, knowns, how)
+        assert out.shape == fill.shape and not np.shares_memory(out, fill) or how == "none"
+        assert all(np.array_equal(o, B.blend(r, f, k, how)) for o, r, f, k in zip(out, rgb, fill, knowns)), how
+
+
+@pytest.mark.parametrize("arrays", [False, True], ids=["files", "arrays"])
+@pytest.mark.parametrize("mask", ["center", "random", "half"])
+def test_finish_batch_stacked_gives_the_bytes_of_one_by_one(monkeypatch, mask, arrays):
+    """A batch of model-size faces is finished as one stacked array: the same outputs as image by image, for a
+    mask shared by all (center, half) or drawn per image (random), files (BGR) and arrays (RGB)."""
+    import gcomp.engine.batch as batch_mod
+    from gcomp.engine.masks import MaskSpec
+    from gcomp.engine.prepare import prepare_image
+
+    rng = np.random.default_rng(3)
+    opts = Settings.resolve(CompleteOptions(mask=mask, blend="poisson:0.5"))
+    spec = MaskSpec.parse(mask)
+    batch = []
+    for i in range(6):
+        bgr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        image = images.Image(original=bgr, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        batch.append(prepare_image(Item(None, f"f{i}.png", None), image, spec, 32, 0, True, rgb_out=arrays))
+    x = rng.uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32)
+    assert batch_mod._stackable(batch, x)
+    stacked = batch_mod.finish_batch(batch, x, opts)
+    monkeypatch.setattr(batch_mod, "_stackable", lambda *a: False)
+    one_by_one = batch_mod.finish_batch(batch, x, opts)
+    assert all(np.array_equal(a, b) for a, b in zip(stacked, one_by_one))
+    import dataclasses  # a face crop, or an image of another size than the model's, goes one by one
+
+    assert not batch_mod._stackable([dataclasses.replace(batch[0], box=(0, 0, 32))], x[:1])
+    assert not batch_mod._stackable(batch, np.zeros((6, 3, 16, 16), np.float32))
+
+
 def test_blend_many_solves_large_shared_holes_in_chunks_that_fit_its_budget(monkeypatch):
     """Memory does not grow with the batch: a budget of one image's solve splits the group, same bytes."""
     from gcomp.engine import blend as B
