@@ -44,6 +44,26 @@ from .bench import machine_info
 STAGES = ("decode", "prepare", "encoder", "search", "generate", "blend", "write")
 
 
+def source_commit() -> str | None:
+    """The git commit of the gcomp being measured (with "+changes" if its tree differs), None outside a checkout:
+    figures from two commits are told apart by it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = rev.stdout.split()
+    # an installed copy inside some other checkout (a venv in a project's folder) is not that checkout's commit
+    if rev.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return None
+    return lines[1] + ("+changes" if dirty.stdout.strip() else "")
+
+
 def list_files(root: Path, limit: int | None) -> list[Item]:
     items = [Item(path, key, Path(key)) for path, key in iter_inputs(root)]
     return items[:limit] if limit else items
@@ -132,8 +152,8 @@ def e2e(data, model=None, backend="auto", iters=(0, 100), mask="center", io_thre
     items = list_files(data, limit)
     if not items:
         raise ValueError(f"no images under {data}")
-    report = {"gcomp_version": __version__, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "data": str(data), "images": len(items), "mask": mask,
+    report = {"gcomp_version": __version__, "commit": source_commit(),
+              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(), "data": str(data), "images": len(items), "mask": mask,
               "io_threads": io_threads, "batch_size": batch_size, "runs": []}
     with tempfile.TemporaryDirectory(prefix="gcomp-e2e-") as tmp_s, open_model(model, backend=backend) as m:
         tmp = Path(tmp_s)
@@ -187,7 +207,9 @@ def _linked(items: list[Item], root: Path) -> Path:
 
 def table(report: dict) -> str:
     m = report["machine"]
-    lines = [f"gcomp {report['gcomp_version']} e2e, {report['timestamp']}: {m['gpu'] or m['cpu']} ({m['cores']} cores, "
+    commit = f" ({report['commit'][:12]}{'+changes' if report['commit'].endswith('+changes') else ''})" \
+        if report.get("commit") else ""
+    lines = [f"gcomp {report['gcomp_version']}{commit} e2e, {report['timestamp']}: {m['gpu'] or m['cpu']} ({m['cores']} cores, "
              f"{m['cpu_kind']}; {' '.join(m['cpu_flags'])}), backend {report['backend']['name']}, "
              f"{report['images']} images of {report['data']}, mask {report['mask']}, batch {report['batch_size']}, "
              f"{report['io_threads']} I/O threads", "",

@@ -193,6 +193,9 @@ def test_the_end_to_end_benchmark_times_the_job_its_stages_telea_and_the_seed_lo
     seed = r["runs"][1]
     assert seed["speedup_vs_seed_loop"] == pytest.approx(seed["images_per_s"] / seed["seed_loop_images_per_s"])
     assert r["machine"]["cpu_kind"] in table(r) and "| 2 |" in table(r)
+    import re  # the commit measured: a checkout's (named in the table too), or None for an installed copy
+
+    assert r["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+changes)?", r["commit"]) and r["commit"][:12] in table(r)
 
 
 def test_the_ring_stop_benchmark_holds_out_known_pixels_next_to_the_hole():
