@@ -50,13 +50,12 @@ def subpixel_copy(path: Path, cache_dir: Path) -> Path:
 
     from .subpixel import rewrite
 
+    from ..images import write_atomic
+
     model = onnx.load(str(path))
     if not rewrite(model):
         return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)  # whole or not at all: another process may be opening the same model
+    write_atomic(out, model.SerializeToString())  # whole or not at all: another process may be opening it
     return out
 
 
