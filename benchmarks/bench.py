@@ -25,7 +25,7 @@ from .. import __version__
 from ..engine.api import open_model
 from ..engine.backends import FORMATS, NAMES, BackendError, backend_class, check_device
 from ..engine.backends.exported import WEIGHTS_KEY, file_sha256, model_files
-from ..engine.cpu import cpu_flags, cpu_has_native_bf16, cpu_kind
+from ..engine.cpu import cpu_flags, cpu_has_native_bf16, cpu_kind, usable_cores
 from ..engine.masks import make_mask
 from ..engine.search import SearchParams, momentum_update
 from .flops import flops_per_iteration  # noqa: F401 (tests and callers import it from here)
@@ -94,7 +94,7 @@ def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
             "cpu_kind": cpu_kind(), "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(ISA_FLAG_PREFIXES)),
             "native_bf16": cpu_has_native_bf16(),  # what gcomp decides from (GCOMP_CPU_BF16 overrides the flags)
-            "cores": os.cpu_count(), "gpu": None, "libraries": {}}
+            "cores": usable_cores(), "cpus_on_machine": os.cpu_count(), "gpu": None, "libraries": {}}
     for mod in ("numpy", "onnxruntime", "openvino", "torch", "cv2", "onnx"):
         try:
             info["libraries"][mod] = __import__(mod).__version__

@@ -36,6 +36,7 @@ from .. import __version__
 from ..engine import images
 from ..engine.api import open_model
 from ..engine.batch import finish_batch, initial_latents
+from ..engine.cpu import usable_cores
 from ..engine.jobs import Item, iter_inputs
 from ..engine.masks import MaskSpec
 from ..engine.prepare import prepare_image
@@ -179,7 +180,7 @@ def e2e(data, model=None, backend="auto", iters=(0, 100), mask="center", io_thre
             log(f"iters {n}: {run['images_per_s']:.1f} images/s end to end ({summary.done} images, "
                 f"{summary.seconds:.2f} s); stages alone: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
                 + f" s (sum {run['stages_sum_s']:.2f} s)")
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         report["telea"] = {str(k): telea_loop(items, spec, m.size, 0, tmp / f"telea-{k}", k) for k in sorted({1, cores})}
         log("cv2.inpaint Telea loop: " + ", ".join(f"{v:.0f} images/s on {k} thread(s)" for k, v in report["telea"].items()))
         ms = seed_loop_ms(m, batch_size, seed_steps, checkpoint, tmp)

@@ -34,6 +34,15 @@ def cpu_has_native_bf16(flags_text: str | None = None) -> bool:
     return any(f in cpu_flags(flags_text) for f in CPU_BF16_FLAGS)
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset, a Ray actor's pinning),
+    which os.cpu_count() ignores; ONNX Runtime and OpenVINO size their thread pools by it too."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cpu_kind(flags_text: str | None = None) -> str:
     """A short name for benchmark tables: 'AMX', 'AVX512_BF16', 'AVX512', 'AVX2' or 'baseline'."""
     f = cpu_flags(flags_text)

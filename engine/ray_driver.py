@@ -48,6 +48,7 @@ from . import images
 from .api import model_path, open_model
 from .backends import BackendError, backend_for
 from .batch import progress_writer
+from .cpu import usable_cores
 from .images import ImageError, OutputError
 from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, resume_note,
                    single_image_job, start_writing)
@@ -177,7 +178,7 @@ def _connect(ray, address: str | None, min_cpus: float) -> bool:
     kw = dict(include_dashboard=False, logging_level=logging.WARNING)
     # A local instance gets enough logical CPUs for the actors plus at least one decode task:
     # actors that reserve every CPU would starve the decode tasks and the pipeline would hang.
-    local_cpus = max(os.cpu_count() or 1, math.ceil(min_cpus))
+    local_cpus = max(usable_cores(), math.ceil(min_cpus))
     if address in (None, "local"):
         ray.init(num_cpus=local_cpus, **kw)
         return True

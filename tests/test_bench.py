@@ -222,3 +222,41 @@ def test_output_hashes_are_the_same_for_two_runs_and_name_what_differs(tmp_path)
     changed["small-arrays"][0] = "0" * 16
     (b / "hashes.json").write_text(json.dumps(changed))
     assert oh.compare(a, b) == ["small-arrays"]
+
+
+@pytest.mark.slow
+def test_the_sweep_runs_each_setting_as_a_pinned_job_beside_telea_on_the_same_cores(tmp_path):
+    """benchmarks/e2e_sweep.py over a tiny folder: each setting a whole `gcomp complete` process on one core, every
+    round, the medians and ratios from the figures of the run, the default setting marked."""
+    import cv2
+
+    from gcomp.benchmarks.e2e_sweep import sweep, table
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    r = sweep(tmp_path / "in", "small", "onnxruntime", cores=(1,), batch_sizes=(2, 64), io_threads=(4,), rounds=2,
+              log=lambda m: None)
+    assert r["images"] == 3 and len(r["jobs"]) == 4 and len(r["telea"]) == 2
+    assert all(j["done"] == 3 and j["failed"] == 0 and j["images_per_s"] > 0 and j["cores"] == 1 for j in r["jobs"])
+    rows = {row["batch_size"]: row for row in r["table"]}
+    assert rows[64]["default"] and not rows[2]["default"]  # CompleteOptions' batch 64 and 4 I/O threads
+    for b, row in rows.items():
+        runs = [j["images_per_s"] for j in r["jobs"] if j["batch_size"] == b]
+        assert row["min"] == min(runs) and row["max"] == max(runs)
+        assert row["vs_telea"] == pytest.approx(row["images_per_s"] / row["telea_images_per_s"])
+    text = table(r)
+    assert "`-b 64 --io-threads 4` (default)" in text and text.count("**") == 2  # the best setting per core count
+
+
+def test_usable_cores_is_the_affinity_mask(monkeypatch):
+    import os
+
+    from gcomp.engine import cpu
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert cpu.usable_cores() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert cpu.usable_cores() == 7

@@ -10,25 +10,7 @@ from pathlib import Path
 
 from common import ensure_checkpoint, run_logged, tail
 
-
-def make_faces(folder: Path, n: int, size: int, seed: int = 0) -> None:
-    """Smooth synthetic 'faces' (an ellipse, two eyes, a mouth on a gradient), distinct per image, as PNG."""
-    import cv2
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    base = np.linspace(40, 200, size, dtype=np.float32)[:, None, None] * np.ones((1, size, 3), np.float32)
-    for i in range(n):
-        img = (base * rng.uniform(0.6, 1.2, 3)).clip(0, 255).astype(np.uint8)
-        c = tuple(int(v) for v in rng.integers(60, 250, 3))
-        cx, cy = size // 2 + int(rng.integers(-2, 3)), size // 2 + int(rng.integers(-2, 3))
-        cv2.ellipse(img, (cx, cy), (size // 3, size // 2 - 2), 0, 0, 360, c, -1)
-        for dx in (-size // 6, size // 6):
-            cv2.circle(img, (cx + dx, cy - size // 10), max(size // 16, 1), (20, 20, 20), -1)
-        cv2.ellipse(img, (cx, cy + size // 5), (size // 8, max(size // 24, 1)), 0, 0, 180, (40, 30, 120), -1)
-        noise = rng.normal(0, 4, img.shape)
-        cv2.imwrite(str(folder / f"face_{i:05d}.png"), (img + noise).clip(0, 255).astype(np.uint8))
+from gcomp.benchmarks.synthetic import make_faces
 
 
 def phase_e2e(cfg: dict) -> dict:

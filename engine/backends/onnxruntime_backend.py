@@ -8,13 +8,13 @@ CPU with io_binding=True (that is how its logic is tested without a GPU).
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from ..cpu import usable_cores
 from ..search import SearchParams
 from .base import Backend, BackendError, DeviceLoop, SearchResult, split_batch
 from .exported import GENERATOR_INPUT, GENERATOR_OUTPUT, STEP_OUTPUTS, export_info, model_files, step_feed
@@ -56,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
                                "pip uninstall onnxruntime && pip install onnxruntime-gpu")
         if self.on_cuda and (self.streams or 1) > 1:
             raise BackendError("--streams is a CPU setting (on CUDA, use one large batch)")
-        cores = self.threads or os.cpu_count() or 1
+        cores = self.threads or usable_cores()  # ONNX Runtime's own default: the affinity mask
         # Default one stream: on 2 cores, two sessions on one core each measured from 0.99x to 1.13x one
         # session on both at batch 16-64 depending on the run (benchmarks/results/amd-epyc-2c.md), not a
         # gain to make the default on; `--streams` is there to try on larger CPUs.

@@ -1,0 +1,237 @@
+"""The whole `gcomp complete` job over a folder at each core count, batch size and thread setting, beside a
+cv2.inpaint Telea loop on the same cores: what the defaults should be for 2 to 16 cores, measured.
+
+    python -m gcomp.benchmarks.e2e_sweep DIR [--model small] [--cores 1,2,4,8,16] [--batch-size 64,256]
+                                             [--io-threads 2,4,8] [--streams 1,2] [--rounds 2] [--json out.json]
+    python -m gcomp.benchmarks.e2e_sweep --synthetic 9250 ...   # where no folder of faces is at hand
+
+`--synthetic N` makes N synthetic 64x64 JPEG faces in 20 folders (benchmarks/synthetic.py), the shape of issue
+22's folder of CelebA crops, for a machine that has no dataset (a lent GPU machine's 16 cores).
+
+Each job is a fresh `python -m gcomp complete DIR OUT ...` process pinned to the first C CPUs of this machine
+(sched_setaffinity: ONNX Runtime and OpenVINO size their pools by it, and `--threads C` is passed as well), so a
+16-core machine measures 2, 4 and 8 cores too; its images/s are the job summary's (model loading excluded; the
+process's wall time is recorded beside it). The Telea loop (imread -> inpaint -> imwrite, e2e.telea_loop) runs in
+its own process on the same C CPUs with C threads. Every round runs every setting once, each round in another
+order (this kind of machine drifts by up to 1.5x within minutes: compare within a round, read the medians).
+The table gives, per core count, each setting's median images/s and its ratio to that core count's median Telea
+loop; the settings gcomp uses by default are marked.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..engine.cpu import usable_cores
+from ..engine.options import CompleteOptions
+from .bench import machine_info
+from .e2e import list_files, source_commit, telea_loop
+
+DEFAULTS = CompleteOptions()
+
+
+@dataclass(frozen=True)
+class Setting:
+    cores: int
+    batch_size: int
+    io_threads: int
+    streams: int
+
+    @property
+    def is_default(self) -> bool:
+        return (self.batch_size, self.io_threads, self.streams) == (DEFAULTS.batch_size, DEFAULTS.io_threads, 1)
+
+    def label(self) -> str:
+        return f"-b {self.batch_size} --io-threads {self.io_threads}" + (f" --streams {self.streams}"
+                                                                          if self.streams != 1 else "")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _pinned(cores: int):
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def run_job(s: Setting, data: Path, out: Path, model: str, backend: str, mask: str) -> dict:
+    """One whole job in its own process on s.cores CPUs: the summary's images/s and seconds, and the wall time."""
+    cmd = [sys.executable, "-m", "gcomp", "complete", str(data), str(out), "--model", model, "--backend", backend,
+           "--mask", mask, "--batch-size", str(s.batch_size), "--io-threads", str(s.io_threads),
+           "--threads", str(s.cores), "--overwrite", "--no-progress"]
+    if s.streams != 1:
+        cmd += ["--streams", str(s.streams)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_pinned(s.cores))
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    summary = json.loads((out / "gcomp-summary.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"images_per_s": summary["images_per_s"], "seconds": summary["seconds"], "done": summary["done"],
+            "failed": len(summary["failed"]), "process_wall_s": round(wall, 3)}
+
+
+def run_telea(cores: int, data: Path, mask: str, size: int, out: Path) -> float:
+    """The Telea loop in its own process on `cores` CPUs and threads: images/s."""
+    cmd = [sys.executable, "-m", "gcomp.benchmarks.e2e_sweep", "--telea", str(data), "--telea-threads", str(cores),
+           "--mask", mask, "--size", str(size), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_pinned(cores))
+    if r.returncode != 0:
+        raise RuntimeError(f"the Telea loop failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return float(json.loads(r.stdout.strip().splitlines()[-1])["images_per_s"])
+
+
+def sweep(data, model="small", backend="auto", cores=(1, 2), batch_sizes=(64, 256), io_threads=(2, 4),
+          streams=(1,), mask="center", rounds=2, log=print) -> dict:
+    from ..engine.api import open_model
+
+    data = Path(data)
+    n_images = len(list_files(data, None))
+    if not n_images:
+        raise ValueError(f"no images under {data}")
+    have = usable_cores()
+    if max(cores) > have:
+        raise ValueError(f"--cores asks for {max(cores)} CPUs, this process may use {have}")
+    with open_model(model, backend=backend) as m:  # what the jobs will open: its size and backend, named
+        size, backend_name, source = m.size, m.name, str(m.source)
+    settings = [Setting(*v) for v in itertools.product(cores, batch_sizes, io_threads, streams)]
+    work: list = [("telea", c) for c in cores] + settings
+    report = {"gcomp_version": __version__, "commit": source_commit(),
+              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+              "data": str(data), "images": n_images, "model": source, "backend": backend_name, "mask": mask,
+              "rounds": rounds, "jobs": [], "telea": []}
+    with tempfile.TemporaryDirectory(prefix="gcomp-sweep-") as tmp_s:
+        tmp = Path(tmp_s)
+        for r in range(rounds):
+            k = (r * len(work)) // max(rounds, 1)
+            for w in work[k:] + work[:k]:  # each round starts elsewhere in the list: drift spreads over settings
+                if isinstance(w, tuple):
+                    ips = run_telea(w[1], data, mask, size, tmp / "telea")
+                    report["telea"].append({"round": r, "cores": w[1], "images_per_s": ips})
+                    log(f"round {r}: Telea loop on {w[1]} core(s): {ips:.0f} images/s")
+                else:
+                    res = run_job(w, data, tmp / "out", model, backend, mask)
+                    report["jobs"].append({"round": r, **w.__dict__, **res})
+                    log(f"round {r}: {w.cores} core(s), {w.label()}: {res['images_per_s']:.1f} images/s")
+    report["table"] = summarise(report)
+    return report
+
+
+def summarise(report: dict) -> list[dict]:
+    """Per core count and setting: the median images/s over rounds and its ratio to that count's median Telea loop."""
+    telea = {}
+    for t in report["telea"]:
+        telea.setdefault(t["cores"], []).append(t["images_per_s"])
+    rows: dict[Setting, list[float]] = {}
+    for j in report["jobs"]:
+        rows.setdefault(Setting(j["cores"], j["batch_size"], j["io_threads"], j["streams"]), []).append(j["images_per_s"])
+    out = []
+    for s, v in sorted(rows.items(), key=lambda kv: (kv[0].cores, kv[0].batch_size, kv[0].io_threads, kv[0].streams)):
+        t = statistics.median(telea[s.cores])
+        out.append({**s.__dict__, "default": s.is_default, "images_per_s": statistics.median(v), "min": min(v),
+                    "max": max(v), "telea_images_per_s": t, "vs_telea": statistics.median(v) / t})
+    return out
+
+
+def table(report: dict) -> str:
+    m = report["machine"]
+    commit = f" ({report['commit'][:12]}{'+changes' if report['commit'].endswith('+changes') else ''})" \
+        if report.get("commit") else ""
+    lines = [f"gcomp {report['gcomp_version']}{commit} e2e sweep, {report['timestamp']}: {m['cpu']} "
+             f"({m['cores']} cores usable, {m['cpu_kind']}; {' '.join(m['cpu_flags'])}), backend {report['backend']}, "
+             f"model {report['model']}, {report['images']} images of {report['data']}, mask {report['mask']}, "
+             f"{report['rounds']} round(s); images/s: the median (min-max)", "",
+             "| cores | setting | images/s | x Telea (same cores) | Telea loop |", "| --- | --- | --- | --- | --- |"]
+    best = {}
+    for row in report["table"]:
+        if row["images_per_s"] > best.get(row["cores"], (0,))[0]:
+            best[row["cores"]] = (row["images_per_s"], row)
+    for row in report["table"]:
+        s = Setting(row["cores"], row["batch_size"], row["io_threads"], row["streams"])
+        mark = " (default)" if row["default"] else ""
+        ips = f"{row['images_per_s']:.1f} ({row['min']:.0f}-{row['max']:.0f})"
+        if best[row["cores"]][1] is row:
+            ips = f"**{ips}**"
+        lines.append(f"| {row['cores']} | `{s.label()}`{mark} | {ips} | {row['vs_telea']:.3f} | "
+                     f"{row['telea_images_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def _telea_main(a) -> None:
+    from ..engine.masks import MaskSpec
+
+    items = list_files(Path(a.telea), None)
+    ips = telea_loop(items, MaskSpec.parse(a.mask), a.size, 0, Path(a.out), a.telea_threads)
+    print(json.dumps({"images_per_s": ips}))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", nargs="?", help="a folder of images (searched recursively)")
+    ap.add_argument("--synthetic", type=int, default=None, metavar="N",
+                    help="instead of DATA: N synthetic 64x64 JPEG faces in 20 folders, made in a temporary folder")
+    ap.add_argument("--model", default="small", help="as gcomp complete's --model")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--mask", default="center")
+    ap.add_argument("--cores", type=_ints, default=None, help="core counts (default: 1 and all this process may use)")
+    ap.add_argument("--batch-size", type=_ints, default=[64, 256])
+    ap.add_argument("--io-threads", type=_ints, default=[2, 4])
+    ap.add_argument("--streams", type=_ints, default=[1])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    # the Telea loop's own process (run_telea)
+    ap.add_argument("--telea", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--telea-threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.telea:
+        return _telea_main(a)
+    if bool(a.data) == bool(a.synthetic):
+        ap.error("give DATA (a folder of images) or --synthetic N, not both")
+    if not hasattr(os, "sched_setaffinity"):
+        sys.exit("error: the sweep pins each job to N cores with sched_setaffinity, which this OS lacks (Linux has it)")
+    cores = a.cores or sorted({1, usable_cores()})
+    with tempfile.TemporaryDirectory(prefix="gcomp-faces-") as faces:
+        data = a.data
+        if a.synthetic:
+            from .synthetic import make_faces
+
+            make_faces(Path(faces), a.synthetic, suffix=".jpg", folders=20)
+            data = faces
+        try:
+            report = sweep(data, a.model, a.backend, cores, a.batch_size, a.io_threads, a.streams, a.mask, a.rounds)
+        except (ValueError, RuntimeError) as e:
+            sys.exit(f"error: {e}")
+        if a.synthetic:
+            report["data"] = f"{a.synthetic} synthetic 64x64 JPEG faces (benchmarks/synthetic.py)"
+    print(table(report))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
