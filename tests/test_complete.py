@@ -411,6 +411,53 @@ def test_finish_batch_stacked_gives_the_bytes_of_one_by_one(monkeypatch, mask, a
     assert not batch_mod._stackable(batch, np.zeros((6, 3, 16, 16), np.float32))
 
 
+@pytest.mark.parametrize("box", [(10, 30, 13, 39), (0, 40, 0, 26), (0, 40, 26, 52), (0, 20, 0, 52), (20, 40, 0, 52),
+                                 (0, 15, 0, 20), (25, 40, 30, 52), (10, 30, 0, 52), (0, 40, 10, 30), (5, 6, 7, 8)],
+                         ids=["inside", "left", "right", "top", "bottom", "corner", "other-corner", "rows", "columns",
+                              "one-pixel"])
+def test_a_rectangular_hole_is_solved_by_transforms_as_superlu_solves_it(monkeypatch, box):
+    """A rectangle (inside the image, or on one, two or three of its borders: Dirichlet and Neumann ends) is solved
+    in its eigenbasis, no factorisation: the values of SuperLU's solve of the same system to 1e-11 of their size,
+    and the same blended bytes (a one-pixel hole's ties at half-levels included)."""
+    from gcomp.engine import blend as B
+
+    y0, y1, x0, x1 = box
+    hole = np.zeros((40, 52), bool)
+    hole[y0:y1, x0:x1] = True
+    packed = np.packbits(hole).tobytes()
+    B._system.cache_clear()
+    fast = B._system(hole.shape, packed)
+    assert fast.lu is None and fast.rect is not None
+    monkeypatch.setattr(B, "_rect", lambda *a: None)  # the same system, factorised
+    B._system.cache_clear()
+    slow = B._system(hole.shape, packed)
+    B._system.cache_clear()
+    assert slow.lu is not None
+    rng = np.random.default_rng(0)
+    b = rng.integers(-600, 600, (len(fast.ys), 6)) * 0.5
+    ref = slow.lu.solve(b)
+    assert np.abs(fast.rect.solve(b) - ref).max() <= 1e-11 * np.abs(ref).max()
+    g = rng.integers(0, 256, (len(fast.read), 6), dtype=np.uint8)
+    k = rng.integers(0, 256, (len(fast.known), 6), dtype=np.uint8)
+    assert np.array_equal(B._solve(fast, g, k, 0.5), B._solve(slow, g, k, 0.5))
+
+
+def test_a_hole_of_another_shape_or_a_long_strip_is_factorised(monkeypatch):
+    from gcomp.engine import blend as B
+
+    hole = np.zeros((32, 32), bool)
+    hole[5:20, 5:20] = True
+    hole[19:30, 10:12] = True  # an L
+    strip = np.zeros((32, 32), bool)
+    strip[10:12, 2:30] = True  # a rectangle longer than RECT_MAX_SIDE (made 16 here): its eigenvectors are too big
+    monkeypatch.setattr(B, "RECT_MAX_SIDE", 16)
+    for h in (hole, strip):
+        B._system.cache_clear()
+        s = B._system(h.shape, np.packbits(h).tobytes())
+        B._system.cache_clear()
+        assert s.rect is None and s.lu is not None
+
+
 def test_blend_many_solves_large_shared_holes_in_chunks_that_fit_its_budget(monkeypatch):
     """Memory does not grow with the batch: a budget of one image's solve splits the group, same bytes."""
     from gcomp.engine import blend as B
