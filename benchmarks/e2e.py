@@ -206,12 +206,24 @@ def _linked(items: list[Item], root: Path) -> Path:
     return root
 
 
-def table(report: dict) -> str:
+def heading(report: dict, what: str) -> str:
+    """A report's first words: the gcomp and commit measured, what, when, and the machine with its ISA flags."""
     m = report["machine"]
     commit = f" ({report['commit'][:12]}{'+changes' if report['commit'].endswith('+changes') else ''})" \
         if report.get("commit") else ""
-    lines = [f"gcomp {report['gcomp_version']}{commit} e2e, {report['timestamp']}: {m['gpu'] or m['cpu']} ({m['cores']} cores, "
-             f"{m['cpu_kind']}; {' '.join(m['cpu_flags'])}), backend {report['backend']['name']}, "
+    return (f"gcomp {report['gcomp_version']}{commit} {what}, {report['timestamp']}: {m['gpu'] or m['cpu']} "
+            f"({m['cores']} cores, {m['cpu_kind']}; {' '.join(m['cpu_flags'])})")
+
+
+def write_report(report: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {path}")
+
+
+def table(report: dict) -> str:
+    lines = [heading(report, "e2e") + f", backend {report['backend']['name']}, "
              f"{report['images']} images of {report['data']}, mask {report['mask']}, batch {report['batch_size']}, "
              f"{report['io_threads']} I/O threads", "",
              "| iterations | images/s end to end | x Telea (best) | x seed loop | " + " | ".join(STAGES) + " | sum of stages s | job s |",
@@ -245,10 +257,7 @@ def main(argv=None) -> None:
     report = e2e(a.data, a.model, a.backend, [int(x) for x in a.iters.split(",")], a.mask, a.io_threads,
                  a.batch_size, a.limit, a.checkpoint)
     print(table(report))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {a.json}")
+    write_report(report, a.json)
 
 
 if __name__ == "__main__":

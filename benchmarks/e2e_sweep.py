@@ -37,7 +37,7 @@ from .. import __version__
 from ..engine.cpu import usable_cores
 from ..engine.options import CompleteOptions
 from .bench import machine_info
-from .e2e import list_files, source_commit, telea_loop
+from .e2e import heading, list_files, source_commit, telea_loop, write_report
 
 DEFAULTS = CompleteOptions()
 
@@ -155,13 +155,9 @@ def summarise(report: dict) -> list[dict]:
 
 
 def table(report: dict) -> str:
-    m = report["machine"]
-    commit = f" ({report['commit'][:12]}{'+changes' if report['commit'].endswith('+changes') else ''})" \
-        if report.get("commit") else ""
-    lines = [f"gcomp {report['gcomp_version']}{commit} e2e sweep, {report['timestamp']}: {m['cpu']} "
-             f"({m['cores']} cores usable, {m['cpu_kind']}; {' '.join(m['cpu_flags'])}), backend {report['backend']}, "
-             f"model {report['model']}, {report['images']} images of {report['data']}, mask {report['mask']}, "
-             f"{report['rounds']} round(s); images/s: the median (min-max)", "",
+    lines = [heading(report, "e2e sweep") + f", backend {report['backend']}, model {report['model']}, "
+             f"{report['images']} images of {report['data']}, mask {report['mask']}, {report['rounds']} round(s); "
+             "images/s: the median (min-max)", "",
              "| cores | setting | images/s | x Telea (same cores) | Telea loop |", "| --- | --- | --- | --- | --- |"]
     best = {}
     for row in report["table"]:
@@ -227,10 +223,7 @@ def main(argv=None) -> None:
         if a.synthetic:
             report["data"] = f"{a.synthetic} synthetic 64x64 JPEG faces (benchmarks/synthetic.py)"
     print(table(report))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {a.json}")
+    write_report(report, a.json)
 
 
 if __name__ == "__main__":

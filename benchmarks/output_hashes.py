@@ -53,7 +53,8 @@ def run(out: Path, models: tuple[str, ...] = ("small", "default")) -> dict:
                 res[f"{model}-{name}"] = {str(p.relative_to(d)): _digest(p.read_bytes()) for p in sorted(d.rglob("*"))
                                           if p.suffix in (".png", ".jpg")}
                 settings = json.loads((d / "gcomp-summary.json").read_text())["settings"]
-                res[f"{model}-{name}-settings"] = {k: v for k, v in settings.items() if k not in ("input", "output")}
+                res[f"{model}-{name}-settings"] = {k: _portable(v) for k, v in settings.items()
+                                                   if k not in ("input", "output")}
             rng = np.random.default_rng(1)
             arrays = [rng.integers(0, 256, (64, 64, 3), np.uint8) for _ in range(4)]
             outs = m.complete_many(arrays, ["center", "half", "center", "strokes"], iters=3)
@@ -63,6 +64,17 @@ def run(out: Path, models: tuple[str, ...] = ("small", "default")) -> dict:
             res[f"{model}-prepared"] = [_digest(o.tobytes()) for o in outs] + [stats["loss"]]
     (out / "hashes.json").write_text(json.dumps(res, indent=1, sort_keys=True))
     return res
+
+
+def _portable(value):
+    """A path inside the gcomp being run (the bundled model, its encoder) as "<gcomp>/...": two checkouts of the same
+    settings (a worktree of the old commit and the new one) compare equal."""
+    import gcomp
+
+    root = str(Path(gcomp.__file__).resolve().parent)
+    if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return "<gcomp>" + value[len(root):]
+    return value
 
 
 def compare(a: Path, b: Path) -> list[str]:
