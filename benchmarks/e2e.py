@@ -215,11 +215,12 @@ def heading(report: dict, what: str) -> str:
             f"({m['cores']} cores, {m['cpu_kind']}; {' '.join(m['cpu_flags'])})")
 
 
-def write_report(report: dict, path: str | None) -> None:
+def write_report(report: dict, path: str | None, quiet: bool = False) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {path}")
+        if not quiet:
+            print(f"wrote {path}")
 
 
 def table(report: dict) -> str:

@@ -12,7 +12,7 @@ from .backends import Backend
 from .blend import blend_many, blend_stacked, rows_of
 from .encoder import Encoder
 from .jobs import PROGRESS_DIR
-from .masks import context_weights, image_rng
+from .masks import image_rng
 from .options import Settings
 from .prepare import Prepared
 
@@ -63,8 +63,7 @@ def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
         z_best, loss, best = z0, np.full((n, 1), np.nan), np.zeros(n, int)
         seconds, history = 0.0, []
     else:
-        w = np.stack([p.w if p.w is not None else context_weights(p.known_small[0], opts.search.weighted)[None]
-                      for p in batch])  # prepared without them (weights=False): made here
+        w = np.stack([p.weights(opts.search.weighted) for p in batch])  # made here if prepared without them
         yR, wR = (y, w) if R == 1 else (np.repeat(y, R, 0), np.repeat(w, R, 0))
         cb = None
         if on_progress is not None:

@@ -14,8 +14,8 @@ touches the image border (the left-half mask) keeps G's gradients there instead 
 made-up border value; seamlessClone's reflected padding did that and lost 2 dB on half masks
 (benchmarks/results/quality.md). The sparse system has one unknown per hole pixel and is factorised once
 per mask shape (scipy's SuperLU), except a rectangular hole (a mask kind's center or half, a face crop's hole),
-which is solved in its Laplacian's eigenbasis with no factorisation (_Rect: the same bytes, measured and
-tested); holes larger than EXACT_MAX pixels are solved with OpenCV's
+which is solved in its Laplacian's eigenbasis with no factorisation (_Rect: SuperLU's values to ~1e-11 at
+32 x 32, ~1e-9 at 512 x 512; the same bytes but where a value lies at a half-level, see _solve); holes larger than EXACT_MAX pixels are solved with OpenCV's
 seamlessClone on a destination whose hole was first filled from known pixels only (Telea), which is also
 leak-free but pins a hole touching the border.
 
@@ -45,10 +45,11 @@ EXACT_MAX = 512 * 512  # hole pixels solved exactly; above, the OpenCV solver (s
 #: the most memory one batched solve's arrays take (blend_many); measured per value of the right-hand side
 GROUP_BYTES = 32 << 20
 _SOLVE_BYTES_PER_VALUE = 40  # float64 right-hand side, solution and the solver's work copies, about 5 of them
-#: the longest side of a rectangular hole solved in its eigenbasis: its eigenvectors are side x side float64 (8 MB
-#: at 1024; a 262,144 x 1 strip would need 550 GB), longer ones are factorised as any other hole
-RECT_MAX_SIDE = 1024
-_TIE = 1e-9  # solutions this close to a half-level are the half (the solvers' errors are ~1e-11 at 8-bit values)
+#: the longest side of a rectangular hole solved in its eigenbasis: its eigenvectors are side x side float64 (2 MB
+#: at 512; a 262,144 x 1 strip would need 550 GB), and the solve's error grows with the side (~1e-11 at 32, ~1e-9 at
+#: 512, 7e-9 for a 1024 x 256 band): longer ones are factorised as any other hole
+RECT_MAX_SIDE = 512
+_TIE = 1e-9  # eigenbasis solutions this close to a half-level are taken as the half (see _solve)
 _PAD = 8  # seamlessClone ignores a mask that touches the border: work on a reflected margin
 #: known pixels kept around the hole's bounding box (blend works on that region): more than the exact solve (1)
 #: and the Telea fill before seamlessClone (its radius, 3) read, and than seamlessClone's reflected margin
@@ -258,8 +259,10 @@ def _solve(system: "_System", g: np.ndarray, k: np.ndarray, weight: float) -> np
         else:
             x = system.rect.solve(b)
             # A value exactly halfway between two levels (a one-pixel hole whose neighbours sum to an odd number, a
-            # hole symmetric between two flat levels) is exact in SuperLU's solve and rounds to even; the
-            # eigenbasis leaves it ~1e-12 off, to either side: taken as the half, it rounds as SuperLU's did.
+            # hole symmetric between two flat levels) is exact in SuperLU's solve of a one-pixel hole and rounds to
+            # even; the eigenbasis leaves it ~1e-12 off, to either side: taken as the half, it rounds as SuperLU's
+            # did. In larger holes SuperLU too lands a hair to either side of such a value, so there the two solvers
+            # can round it one level apart: none of the 9,250 faces (center, half) or 120 photos measured did.
             half = np.floor(x) + 0.5
             x = np.where(np.abs(x - half) < _TIE, half, x)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -286,9 +289,10 @@ class _Rect(NamedTuple):
     image border is T_rows (x) I + I (x) T_cols, each T the 1-D operator of its axis: tridiag(-1, 2, -1) with a 1
     on the diagonal at an end that lies on the image border. With T = Q diag(lam) Q^T per axis (eigh, once per
     shape), a solve is Q_r [(Q_r^T B Q_c) / (lam_r + lam_c)] Q_c^T: four small matrix products per right-hand side
-    block, no factorisation. A 32 x 32 hole, 64 faces x 3 channels: ~1.5 against 9.4 ms for SuperLU's solve (AVX2
-    EPYC, one core); a large photo's face-crop hole, whose shape is its own, skips the factorisation (100 x 100:
-    34 ms). The same values as SuperLU's to ~1e-11 (tested), ties at half-levels resolved alike (_solve)."""
+    block, no factorisation. A 32 x 32 hole, 64 faces x 3 channels: 3.8 against 9.2 ms for SuperLU's solve (AVX2
+    EPYC, one thread); a large photo's face-crop hole, whose shape is its own, skips the factorisation (100 x 100:
+    34 ms). SuperLU's values to ~1e-11 at 32 x 32 and ~1e-9 at 512 x 512 (the error grows with 1 / the smallest
+    eigenvalue), ties at half-levels as in _solve."""
     q_rows: np.ndarray  # [h, h] eigenvectors of T_rows
     q_cols: np.ndarray  # [w, w]
     lam: np.ndarray  # [w, h, 1]: lam_cols[j] + lam_rows[i], all > 0 (columns first: the layout solve divides in)

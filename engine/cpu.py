@@ -35,8 +35,9 @@ def cpu_has_native_bf16(flags_text: str | None = None) -> bool:
 
 
 def usable_cores() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset, a Ray actor's pinning),
-    which os.cpu_count() ignores; ONNX Runtime and OpenVINO size their thread pools by it too."""
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset), which os.cpu_count()
+    ignores; ONNX Runtime and OpenVINO size their thread pools by it too. CPU quotas (cgroup cpu.max) are not
+    counted."""
     try:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not on Linux

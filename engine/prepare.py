@@ -25,6 +25,14 @@ class Prepared:
     rgb_out: bool = False  # an in-memory RGB array: the result is RGB too (a file keeps its own layout)
     kind: str | None = None  # the mask kind it was prepared with (None: a mask file or array): what settings follow
 
+    def weights(self, weighted: bool) -> np.ndarray:
+        """[1, S, S]: the context loss's weights, made now if it was prepared without them (weights=False)."""
+        return self.w if self.w is not None else _weights(self.known_small[0], weighted)
+
+
+def _weights(small: np.ndarray, weighted: bool) -> np.ndarray:
+    return context_weights(small, weighted)[None]
+
 
 def prepare(item: Item, spec: MaskSpec, size: int, seed: int, weighted: bool, face: str = "off",
             log: Callable[[str], None] | None = None, blends: bool = True, weights: bool = True) -> Prepared:
@@ -69,7 +77,7 @@ def prepare_image(item: Item, image: images.Image, mask: MaskSpec | np.ndarray, 
     if small.min() == 1:
         raise MaskError(f"{item.key}: the mask leaves nothing to fill (white / nonzero = fill)")
     return Prepared(item=item, image=image, known=known, y=images.to_model_input(region, size),
-                    w=context_weights(small, weighted)[None] if weights else None, known_small=small[None], box=box, rgb_out=rgb_out,
+                    w=_weights(small, weighted) if weights else None, known_small=small[None], box=box, rgb_out=rgb_out,
                     kind=mask.kind if isinstance(mask, MaskSpec) else None)
 
 

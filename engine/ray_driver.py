@@ -293,10 +293,9 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
                 # argument (a RayDeprecationWarning on stderr in every run); the argument still applies.
                 warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
                 ds = ds.map_batches(
-                    # Two batches in flight per actor (one running, one queued), not Ray's default 4: a batch is
-                    # seconds of work, and an actor that starts first would otherwise queue four of them before the
-                    # others are up (a 5-batch run under load went to one actor of two), and a job's last batches
-                    # would wait in one queue while other actors idle.
+                    # Two batches in flight per actor (one running, one queued): Ray 2.60's default, pinned so that
+                    # another Ray version's default cannot change it; a batch is seconds of work, and a deeper
+                    # queue holds a job's last batches in one actor while the others idle.
                     _Completer, batch_size=1, batch_format="numpy",
                     compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
                     fn_constructor_kwargs=dict(model=str(model), backend=backend, device=actor_device,

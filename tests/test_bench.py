@@ -262,3 +262,31 @@ def test_usable_cores_is_the_affinity_mask(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.setattr(os, "cpu_count", lambda: 7)
     assert cpu.usable_cores() == 7
+
+
+def test_the_sweep_records_a_failed_job_goes_on_and_writes_the_report_after_every_job(tmp_path, monkeypatch):
+    import cv2
+
+    from gcomp.benchmarks import e2e_sweep as sw
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    seen, written = [], []
+
+    def job(s, cpus, *a):
+        seen.append((s.batch_size, tuple(cpus)))
+        if s.batch_size == 8:
+            raise RuntimeError("gcomp complete ... failed (1): boom")
+        return {"images_per_s": 10.0 * s.batch_size, "seconds": 1.0, "done": 1, "failed": 0, "process_wall_s": 2.0}
+
+    monkeypatch.setattr(sw, "run_job", job)
+    monkeypatch.setattr(sw, "run_telea", lambda cpus, *a: seen.append(("telea", tuple(cpus))) or 100.0)
+    monkeypatch.setattr(sw, "write_report", lambda report, path, quiet=False: written.append(len(report["jobs"])))
+    r = sw.sweep(tmp_path, "small", "onnxruntime", cores=(1,), batch_sizes=(4, 8), io_threads=(2,), rounds=2,
+                 log=lambda m: None, json_path=str(tmp_path / "r.json"))
+    # the second round starts one place further in the list [Telea, b 4, b 8]
+    assert [b for b, _ in seen] == ["telea", 4, 8, 4, 8, "telea"]
+    assert all(len(c) == 1 for _, c in seen)  # pinned to one CPU
+    assert len(r["errors"]) == 2 and "boom" in r["errors"][0]["error"] and len(r["jobs"]) == 2
+    assert [row["batch_size"] for row in r["table"]] == [4] and r["table"][0]["vs_telea"] == pytest.approx(0.4)
+    assert written == [0, 1, 1, 2, 2, 2]  # after each Telea loop and each job, failed ones included
+    assert "failed in round 0" in sw.table(r)
