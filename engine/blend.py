@@ -30,6 +30,8 @@ may recommend its own weight, per mask kind (`resolve_blend`, engine/options.py'
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -275,11 +277,20 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+_blas_lock = threading.RLock()  # reentrant: a solve inside a caller's own _one_blas_thread
+
+
+@contextmanager
 def _one_blas_thread():
-    """SuperLU's solve (and a rectangle's matrix products) call BLAS; OpenBLAS's threads split these small solves no faster (measured 9.4 against
-    7.9 ms for a 32x32 hole, 192 right-hand sides) and then spin for a while, taking the cores from the networks
-    and the I/O threads that run beside the blend (2-core Xeon: ~7 s of CPU in a 15 s job)."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+    """SuperLU's solve (and a rectangle's matrix products) call BLAS; OpenBLAS's threads split these small solves
+    no faster (measured 9.4 against 7.9 ms for a 32x32 hole, 192 right-hand sides) and then spin for a while,
+    taking the cores from the networks and the I/O threads that run beside the blend (2-core Xeon: ~7 s of CPU in
+    a 15 s job). The limit is process-wide and OpenBLAS's count did not come back when limits overlapped across
+    threads (8 threads blending: left at 1 for the rest of the process), so the limited sections take turns: each
+    sets and restores the limit in its own thread. The drivers blend from one thread; Python API users blending
+    from several threads at once wait here for each other's solves, which run on one BLAS thread anyway."""
+    with _blas_lock, _blas_controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 class _Rect(NamedTuple):

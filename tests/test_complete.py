@@ -458,6 +458,35 @@ def test_a_hole_of_another_shape_or_a_long_strip_is_factorised(monkeypatch):
         assert s.rect is None and s.lu is not None
 
 
+def test_blends_in_several_threads_each_run_on_one_blas_thread_and_restore_the_original():
+    """The one-BLAS-thread limit is process-wide: blends in 8 threads at once (the Python API from user threads)
+    each run under it, and the BLAS thread count is what it was once they are done (overlapping limits left it at
+    1 before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gcomp.engine import blend as B
+
+    def blas_threads():
+        return [m["num_threads"] for m in B._blas_controller().info() if m["user_api"] == "blas"]
+
+    before = blas_threads()
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    fill = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    inside = []
+
+    def one(i):
+        with B._one_blas_thread():
+            inside.append(blas_threads())
+            return B.blend(rgb, fill, make_mask("random", 48, 0.3, np.random.default_rng(i)), "poisson")
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, range(32)))
+    assert all(all(n == 1 for n in seen) for seen in inside)
+    assert blas_threads() == before
+    assert all(np.array_equal(o, one(i)) for i, o in enumerate(outs))
+
+
 def test_blend_many_solves_large_shared_holes_in_chunks_that_fit_its_budget(monkeypatch):
     """Memory does not grow with the batch: a budget of one image's solve splits the group, same bytes."""
     from gcomp.engine import blend as B
