@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -23,27 +22,14 @@ import cv2
 import numpy as np
 
 from ..engine.faces import SCALE_FACTOR, find_face
-from ..engine.images import is_image_name
+from ..engine.evaluate import read_images
 
 CANVAS = (768, 1024)  # h, w
 
 
 def load_faces(src: Path, n: int) -> list[np.ndarray]:
-    """The first n images of a tar or folder, as BGR arrays."""
-    out = []
-    if src.is_dir():
-        for p in sorted(q for q in src.rglob("*") if is_image_name(q)):
-            out.append(cv2.imread(str(p), cv2.IMREAD_COLOR))
-            if len(out) == n:
-                break
-        return out
-    with tarfile.open(src) as t:
-        for m in t:
-            if m.isfile() and is_image_name(m.name):
-                out.append(cv2.imdecode(np.frombuffer(t.extractfile(m).read(), np.uint8), cv2.IMREAD_COLOR))
-                if len(out) == n:
-                    break
-    return out
+    """The first n images of a tar or folder (gcomp eval's reader), as BGR arrays."""
+    return [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for _, rgb in read_images(src, limit=n)]
 
 
 def canvases(faces: list[np.ndarray], kind: str, sizes: tuple[int, int], seed: int = 0):

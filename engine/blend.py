@@ -15,7 +15,8 @@ made-up border value; seamlessClone's reflected padding did that and lost 2 dB o
 (benchmarks/results/quality.md). The sparse system has one unknown per hole pixel and is factorised once
 per mask shape (scipy's SuperLU), except a rectangular hole (a mask kind's center or half, a face crop's hole),
 which is solved in its Laplacian's eigenbasis with no factorisation (_Rect: SuperLU's values to ~1e-11 at
-32 x 32, ~1e-9 at 512 x 512; the same bytes but where a value lies at a half-level, see _solve); holes larger than EXACT_MAX pixels are solved with OpenCV's
+32 x 32, ~1e-9 at 512 x 512; the same bytes but where a value lies at a half-level, see _solve); holes larger
+than EXACT_MAX pixels are solved with OpenCV's
 seamlessClone on a destination whose hole was first filled from known pixels only (Telea), which is also
 leak-free but pins a hole touching the border.
 
@@ -329,18 +330,15 @@ def _axis_eigen(n: int, first_on_border: bool, last_on_border: bool) -> tuple[np
 
 
 def _rect(hole: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> _Rect | None:
-    """The hole as a _Rect when it is a full axis-aligned rectangle (pixels in raster order) with a known
-    neighbour, else None."""
+    """The hole as a _Rect when it is a full axis-aligned rectangle (pixels in raster order), else None. The hole has
+    a known neighbour (_system checked), so no axis pair is Neumann at all four ends and every lam is > 0."""
     H, W = hole.shape
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs.min()), int(xs.max()) + 1
     if len(ys) != (y1 - y0) * (x1 - x0) or not hole[y0:y1, x0:x1].all() or max(y1 - y0, x1 - x0) > RECT_MAX_SIDE:
         return None
     lam_r, q_r = _axis_eigen(y1 - y0, y0 == 0, y1 == H)
     lam_c, q_c = _axis_eigen(x1 - x0, x0 == 0, x1 == W)
-    lam = lam_c[:, None, None] + lam_r[None, :, None]
-    if lam.min() <= 1e-9:
-        return None  # no known neighbour (the whole image): _system returns None before this
-    return _Rect(q_r, q_c, lam)
+    return _Rect(q_r, q_c, lam_c[:, None, None] + lam_r[None, :, None])
 
 
 class _System(NamedTuple):
@@ -386,8 +384,6 @@ def _system(shape: tuple[int, int], packed: bytes) -> _System | None:
         k_cols.append((qy * W + qx)[qknown])
     if not sum(len(r) for r in k_rows):
         return None
-    vals = np.concatenate([diag, -np.ones(sum(len(r) for r in rows[1:]))])
-    A = sp.csc_matrix((vals, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     # the right-hand side's maps, on the pixels they read (np.unique: sorted flat indices, and each pixel's column)
     read, g_at = np.unique(np.concatenate(g_cols), return_inverse=True)
     known, k_at = np.unique(np.concatenate(k_cols), return_inverse=True)
@@ -395,7 +391,11 @@ def _system(shape: tuple[int, int], packed: bytes) -> _System | None:
     lap = sp.csr_matrix((g_vals, (np.concatenate(g_rows), g_at)), shape=(n, len(read)))
     border = sp.csr_matrix((np.ones(len(k_at)), (np.concatenate(k_rows), k_at)), shape=(n, len(known)))
     rect = _rect(hole, ys, xs)
-    return _System(None if rect else sla.splu(A), ys, xs, read, lap, known, border, rect)
+    lu = None
+    if rect is None:  # a rectangle needs no matrix: _Rect solves it from its shape
+        vals = np.concatenate([diag, -np.ones(sum(len(r) for r in rows[1:]))])
+        lu = sla.splu(sp.csc_matrix((vals, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)))
+    return _System(lu, ys, xs, read, lap, known, border, rect)
 
 
 def _seamless_clone(rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray) -> np.ndarray:
