@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -18,14 +20,27 @@ def _shard(value: str) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _interrupted():
-    """Ctrl-C: one line saying how far the job got and that a rerun resumes (Typer alone exits 130 silently)."""
+    """Ctrl-C, or SIGTERM (what `kill`, `timeout`, docker stop and Kubernetes send): the job stops as on Ctrl-C
+    (finished outputs whole, the summary written), one line says how far it got and that a rerun resumes, and the
+    exit status is 128 + the signal (130, 143; Typer alone exits 130 silently)."""
+    caught = {"signal": signal.SIGINT}
+
+    def on_term(signum, frame):
+        caught["signal"] = signum
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()  # a handler can only be set from there
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
         yield
     except KeyboardInterrupt as e:
         # run_files raises Interrupted (its message has the counts); Ctrl-C elsewhere (loading, --ray) has none
         typer.echo(str(e) if str(e) else "interrupted; run the same command again to resume (finished images are "
                    "skipped)", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + caught["signal"]) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def complete(

@@ -120,8 +120,11 @@ class Model:
             opts = replace(opts, mask=mask)  # the mask the settings are for
         rec = recommended_for(self.recommended, mask if isinstance(mask, str) else None)
         enc = self.encoder(opts.init)
-        return Settings.resolve(opts, rec, model=str(self.source), backend=self.name, device=self.device,
-                                backend_settings=self.backend.settings(), encoder=str(enc.path) if enc else None)
+        settings = Settings.resolve(opts, rec, model=str(self.source), backend=self.name, device=self.device,
+                                    backend_settings=self.backend.settings(), encoder=str(enc.path) if enc else None)
+        if settings.searches:
+            self.backend.check(settings.search)  # what this backend cannot run is refused before any work
+        return settings
 
     def encoder(self, init: str = "auto") -> Encoder | None:
         """The starting-latent encoder for `init` (auto: the model's encoder.onnx if it has one)."""

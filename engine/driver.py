@@ -91,6 +91,9 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
                 except (ImageError, MaskError, OSError) as e:
                     fail(item, e)
                     bar.advance()
+                except MemoryError:  # one image too large for this machine fails alone; the rest of the job goes on
+                    fail(item, ImageError(f"{item.path}: not enough memory to prepare it"))
+                    bar.advance()
             if batch:
                 on_prog = progress_writer(be, batch, dst if out_dir == dst else out_dir, batch_no,
                                           opts.search.iters) if opts.save_progress else None

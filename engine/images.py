@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,8 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .headers import orient, read_header
+
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 JPEG_QUALITY = 95
+#: formats OpenCV writes in 8 bits only: a 16-bit or float image is converted (as for the model) before encoding
+EIGHT_BIT = (".jpg", ".jpeg", ".bmp", ".webp")
 #: the smallest side gcomp completes: a smaller image cannot hold both a hole and known pixels around it in the
 #: finest mask kinds (grid and lowres repeat every 4 pixels of a 32-px model: 8 pixels of a 64-px one's image)
 MIN_SIDE = 8
@@ -88,30 +93,8 @@ def check_min_side(w: int, h: int, name: str) -> None:
 
 
 def _megapixels(n: int) -> str:
-    return f"{n / 1e6:,.0f}" if n >= 1e6 else f"{n / 1e6:.2g}"
-
-
-def header_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a PNG's or a baseline/progressive JPEG's header, without decoding it; None for other
-    formats (they are checked once decoded) and for a header that does not parse (the decoder then says why)."""
-    b = buf[:1 << 16].tobytes()
-    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
-        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
-    if b[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 <= len(b) and b[i] == 0xFF:
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
-            return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
-    return None
+    """2.25 (not 2, beside a limit of 2), 200, 1,500, 0.0064."""
+    return f"{n / 1e6:,.2f}".rstrip("0").rstrip(".") if n >= 1e6 else f"{n / 1e6:.2g}"
 
 
 class OutputError(OSError):
@@ -135,36 +118,64 @@ def is_image_name(path: str | Path) -> bool:
 
 
 def decode(data: bytes | np.ndarray, name: str = "image") -> Image:
+    """An encoded image -> Image, turned upright by its EXIF orientation (headers.py: as it is shown, and as a mask
+    file is read). Too small, too large (refused from the header before decoding) or undecodable: ImageError."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if buf.size == 0:
         raise ImageError(f"{name}: empty file")
-    size = header_size(buf)
-    if size is not None:
-        check_size(*size, name)  # before decoding: a huge image is refused before it takes the memory
-    with opencv_quiet():
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    header = read_header(buf)
+    if header.size is not None:
+        check_size(*header.size, name)  # before decoding: a huge image is refused before it takes the memory
+    try:
+        with opencv_quiet():
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode it") from None
     if img is None:
         raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
+    if header.orientation != 1:
+        img = orient(img, header.orientation)
     check_size(img.shape[1], img.shape[0], name)
     return Image(original=img, rgb=to_rgb8(img))
 
 
-def read(path: str | Path) -> Image:
-    try:  # not cv2.imread: it fails silently on odd names; unbuffered: one read, ~20 us less than np.fromfile
-        with open(path, "rb", buffering=0) as f:
-            data = f.readall()
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, refused (ImageError, naming it) unless it is a regular file: a FIFO or a device named like an
+    image would block the job or never end (/dev/zero). Opened non-blocking, so a FIFO is refused, not waited on."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-    return decode(data, str(path))
+    # not cv2.imread: it fails silently on odd names; unbuffered: one read, ~20 us less than np.fromfile
+    with open(fd, "rb", buffering=0) as f:
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise ImageError(f"{path}: not a regular file ({_file_kind(mode)})")
+            return f.readall()
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+        except MemoryError:
+            raise ImageError(f"{path}: not enough memory to read it") from None
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _file_kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+
+
+def read(path: str | Path) -> Image:
+    return decode(read_bytes(path), str(path))
 
 
 def to_rgb8(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:
-        img = (img // 257).astype(np.uint8)
-    elif img.dtype in (np.float32, np.float64):
-        img = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(f"unsupported pixel type {img.dtype}")
+    if img.dtype != np.uint8:
+        if img.dtype not in (np.uint16, np.float32, np.float64):
+            raise ImageError(f"unsupported pixel type {img.dtype}")
+        img = _to_uint8(img)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
@@ -186,15 +197,20 @@ def like_original(rgb: np.ndarray, original: np.ndarray) -> np.ndarray:
         out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if original.dtype == np.uint16:
         out = out.astype(np.uint16) * 257
-        if original.ndim == 3 and original.shape[2] == 4:
-            out[:, :, 3] = original[:, :, 3]
     elif original.dtype != np.uint8:
         out = out.astype(original.dtype) / 255
+    if original.dtype != np.uint8 and original.ndim == 3 and original.shape[2] == 4:
+        out[:, :, 3] = original[:, :, 3]  # the alpha as it was, not through 8 bits
     return out
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
-    return (a // 257).astype(np.uint8) if a.dtype == np.uint16 else a.astype(np.uint8)
+    """16-bit (// 257) or float in [0, 1] (x 255, rounded) -> 8-bit, as to_rgb8 converts them for the model."""
+    if a.dtype == np.uint16:
+        return (a // 257).astype(np.uint8)
+    if a.dtype in (np.float32, np.float64):
+        return np.clip(a * 255 + 0.5, 0, 255).astype(np.uint8)
+    return a.astype(np.uint8)
 
 
 def composite(original: np.ndarray, fill_rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -209,7 +225,7 @@ def composite(original: np.ndarray, fill_rgb: np.ndarray, known: np.ndarray) -> 
 def encode(img: np.ndarray, suffix: str) -> bytes:
     suffix = suffix.lower()
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
-    if suffix in (".jpg", ".jpeg", ".bmp") and img.dtype != np.uint8:
+    if suffix in EIGHT_BIT and img.dtype != np.uint8:  # OpenCV would clip 16-bit values (WebP) or refuse
         img = _to_uint8(img)
     ok, buf = cv2.imencode(suffix, img, params)
     if not ok:

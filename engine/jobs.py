@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields
@@ -76,7 +77,7 @@ def iter_inputs(root: Path, not_followed: list[tuple[str, str]] | None = None,
         dirnames[:] = [d for d in sorted(dirnames) if d != PROGRESS_DIR
                        and _follow(os.path.join(dirpath, d), here, out_real, not_followed)]
         for name in sorted(filenames):
-            if images.is_image_name(name) and not name.startswith(TMP_PREFIX):
+            if images.is_image_name(name):  # gcomp's temporary files end in .tmp: never an image name
                 p = Path(dirpath) / name
                 yield p, p.relative_to(root).as_posix()
 
@@ -135,8 +136,7 @@ def list_todo(src: Path, dst: Path, opts: CompleteOptions,
         if not in_shard(key, opts.shard):
             continue
         out = output_path(src, dst, key)
-        # outputs are written atomically, so an empty file there is not one of ours (a crashed copy, a `touch`): redo it
-        if out.exists() and not opts.overwrite and not (out.is_file() and out.stat().st_size == 0):
+        if not opts.overwrite and finished(out):
             skipped += 1
             continue
         todo.append(Item(path, key, out))
@@ -144,6 +144,16 @@ def list_todo(src: Path, dst: Path, opts: CompleteOptions,
     if note and log is not None:
         log(note)
     return todo, skipped
+
+
+def finished(out: Path) -> bool:
+    """An output a rerun keeps: a non-empty regular file (outputs are written atomically, so an empty file is not
+    one of ours: a crashed copy, a `touch`). Anything else there (a folder) is not a result: its write fails by name."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
 def temp_tag(shard: tuple[int, int]) -> str:
@@ -229,6 +239,9 @@ def check_paths(src: Path, dst: Path) -> None:
     OUTPUT is the same file. Symbolic links are resolved first. A folder INPUT's OUTPUT must be a folder."""
     rs, rd = src.resolve(), dst.resolve()
     if src.is_file():
+        if not images.is_image_name(src):
+            raise JobError(f"{src}: {src.suffix or 'a name without a suffix'} is not an image format gcomp reads "
+                           f"({', '.join(images.SUFFIXES)})")
         check_image_output(dst)
         out_file = rd if single_image_job(src, dst) else rd / src.name
         if out_file == rs or (dst.exists() and not dst.is_dir() and os.path.samefile(src, dst)):

@@ -92,9 +92,12 @@ def _step(kind: str, p: float) -> int:
     return int(p)
 
 
+MAX_COUNT = 1000  # strokes: ~100 already cover a whole image; a count far past that only takes time
+
+
 def _count(kind: str, p: float) -> int:
-    if not math.isfinite(p) or p != int(p) or p < 1:
-        raise MaskError(f"{kind} count must be an integer >= 1, got {p:g}")
+    if not math.isfinite(p) or p != int(p) or not 1 <= p <= MAX_COUNT:
+        raise MaskError(f"{kind} count must be an integer from 1 to {MAX_COUNT}, got {p:g}")
     return int(p)
 
 
@@ -153,8 +156,11 @@ def to_model_size(known: np.ndarray, size: int) -> np.ndarray:
 def read_mask_file(path: str | Path, key: str | None = None) -> np.ndarray:
     """A mask image (any format OpenCV reads), white = fill. Returns 1 = known. `key`: the image it is for,
     which the error then starts with, as every per-image error does."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    with images.opencv_quiet():
+    try:
+        data = np.frombuffer(images.read_bytes(path), np.uint8)  # a FIFO or a device is refused, not waited on
+    except images.ImageError as e:
+        raise MaskError(f"{key}: mask {e}" if key else f"mask {e}") from None
+    with images.opencv_quiet():  # grayscale: OpenCV applies the EXIF orientation, as images.decode does
         img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if img is None:
         raise MaskError(f"{key}: mask {path} is not a readable image" if key else

@@ -238,7 +238,6 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
     src, dst, spec, out_dir = check_job(input, output, opts)
     ray = import_ray()  # before any work: a missing Ray is a one-line error
     t0 = time.perf_counter()
-    tag = start_writing(out_dir, opts)
     model = model_path(model)  # None: the default; "small": a bundled model by name
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if device.startswith("cuda") else 0.0
@@ -255,6 +254,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
         unopened = Settings.resolve(opts, None, model=str(model), backend=name, device=device)  # no model: no encoder
         summary = Summary(skipped=skipped, settings=job_settings(src, dst, spec, unopened))
         summary.ray = ray_info
+        start_writing(out_dir, opts)
         return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
 
     started = _connect(ray, address, workers * cpus_per_worker + 1)
@@ -274,6 +274,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
                 log(note if note.startswith("warning:") else f"note: {note}")
             # the job's Settings, resolved once by the model when the probe opened it; the device as the user named it
             opts = replace(info["options"], device=device)
+            tag = start_writing(out_dir, opts)  # the model opened and the settings passed its checks: now the folder
             summary = Summary(skipped=skipped, settings=job_settings(src, dst, spec, opts))
             summary.ray = ray_info
             note = resume_note(summary, out_dir, len(todo), single_image_job(src, dst))

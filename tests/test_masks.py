@@ -44,7 +44,7 @@ def test_strokes_are_a_few_thick_connected_lines_seeded_per_image():
     assert n - 1 <= 4  # at most one piece per stroke (strokes may cross)
     assert np.array_equal(s, make_mask("strokes", 64, rng=np.random.default_rng(0)))
     assert (1 - make_mask("strokes", 64, 12, np.random.default_rng(0))).mean() > hole.mean()
-    with pytest.raises(MaskError, match="integer >= 1"):
+    with pytest.raises(MaskError, match="integer from 1 to 1000"):
         MaskSpec.parse("strokes:0.5")
 
 

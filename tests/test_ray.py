@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 # Batches of 2 over 9 files: 5 batches for 2 actors. A random mask: seeded per image name.
-# 300 iterations (~0.4 s a batch here): with less, one actor finishes each batch before the next
+# 300 iterations (~0.4 s a batch here): with less, one actor usually finishes each batch before the next
 # is decoded and Ray's pool (least busy actor first) gives it every batch.
 ARGS = ["--iters", "300", "-b", "2", "--seed", "3", "--mask", "random:0.6", "--no-progress"]
 OPTS = CompleteOptions(batch_size=2, seed=3, mask="random:0.6", search=SearchParams(iters=300))
@@ -64,7 +64,11 @@ def test_same_bytes_and_summary_as_single_process(cluster, exported, folder, tmp
     ref_s = json.loads((tmp_path / "ref" / "gcomp-summary.json").read_text())
     assert {k: v for k, v in s["settings"].items() if k != "output"} == \
         {k: v for k, v in ref_s["settings"].items() if k != "output"}
-    assert len(s["ray"]["images_per_worker"]) == 2, s["ray"]  # both actors got batches
+    # Which actor gets a batch is Ray's choice (the least busy ready one): when one actor opened its model before the
+    # other and each decoded batch came after it had finished the last, it got all 5 (now and then on a busy machine).
+    # What is ours: every image counted once, under the actors that completed it.
+    per_worker = s["ray"]["images_per_worker"]
+    assert s["ray"]["workers"] == 2 and 1 <= len(per_worker) <= 2 and sum(per_worker.values()) == 8, s["ray"]
     assert files(tmp_path / "ray") == files(tmp_path / "ref")
     for name in files(tmp_path / "ref"):
         if name.endswith(".png"):

@@ -1,0 +1,230 @@
+"""What a user's folder holds besides plain images, and what gcomp does with it: photos turned by an EXIF tag,
+FIFOs and devices named like images, a folder where an output belongs, 16-bit images written to 8-bit formats,
+settings the backend cannot run, SIGTERM. (Found by a black-box run of the CLI, 2026-12-04.)"""
+import json
+import os
+import signal
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from gcomp.cli.app import app
+from gcomp.engine import images
+from gcomp.engine.headers import orient, read_header
+from gcomp.engine.masks import MaskError, MaskSpec, read_mask_file
+
+runner = CliRunner()
+
+
+def _complete(src, out, *extra):
+    return runner.invoke(app, ["complete", str(src), str(out), "--backend", "onnxruntime", "--no-progress", *extra])
+
+
+def _errors(r):
+    return [line for line in r.stderr.splitlines() if line.startswith("error:")]
+
+
+def _exif(orientation: int, order: str = "II") -> bytes:
+    """EXIF data (a TIFF structure) holding one tag: the orientation, a SHORT in IFD0."""
+    e = "<" if order == "II" else ">"
+    return order.encode() + struct.pack(f"{e}HI", 42, 8) + struct.pack(f"{e}H", 1) + \
+        struct.pack(f"{e}HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(f"{e}I", 0)
+
+
+def _jpeg_with(orientation: int, img: np.ndarray, order: str = "II") -> bytes:
+    jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    data = b"Exif\x00\x00" + _exif(orientation, order)
+    return jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(data) + 2) + data + jpg[2:]  # APP1 right after SOI
+
+
+def _png_with(orientation: int, img: np.ndarray) -> bytes:
+    png = cv2.imencode(".png", img)[1].tobytes()
+    data = _exif(orientation, "MM")
+    chunk = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    return png[:33] + chunk + png[33:]  # after the signature and IHDR (8 + 25 bytes)
+
+
+def _picture(h=24, w=40, channels=3, dtype=np.uint8) -> np.ndarray:
+    """No symmetry: every one of the eight orientations gives another array."""
+    a = (np.arange(h * w * channels).reshape(h, w, channels) * 7 % 251).astype(dtype)
+    return a * 257 if dtype == np.uint16 else a
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_opencv_applies_it(orientation):
+    """JPEG (both byte orders) and PNG: the decoded image equals OpenCV's own orientation (its reader applies the tag
+    in every mode but IMREAD_UNCHANGED); a mask file (read in grayscale) is turned the same way."""
+    img = _picture()
+    for buf in (_jpeg_with(orientation, img), _jpeg_with(orientation, img, "MM"), _png_with(orientation, img)):
+        arr = np.frombuffer(buf, np.uint8)
+        assert read_header(arr).orientation == orientation
+        assert read_header(arr).size == (40, 24)  # the stored size (limits are checked on it before decoding)
+        got = images.decode(arr).original
+        want = cv2.imdecode(arr, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+        assert got.shape == want.shape and np.array_equal(got, want)
+        assert (got.shape[:2] == (40, 24)) == (orientation >= 5)
+        gray = cv2.imdecode(arr, cv2.IMREAD_GRAYSCALE)
+        assert gray.shape == got.shape[:2]  # what read_mask_file decodes: the same orientation
+
+
+def test_orientation_keeps_alpha_and_16_bits():
+    """The reason gcomp orients by itself: OpenCV's oriented modes drop alpha (and need ANYDEPTH for 16 bits)."""
+    for channels, dtype in ((4, np.uint8), (4, np.uint16), (1, np.uint16), (3, np.uint16)):
+        img = _picture(channels=channels, dtype=dtype)
+        img = img[:, :, 0] if channels == 1 else img
+        got = images.decode(np.frombuffer(_png_with(6, img), np.uint8)).original
+        assert got.dtype == dtype and got.shape[2:] == img.shape[2:] and got.shape[:2] == (40, 24)
+        assert np.array_equal(got, orient(img, 6))
+        assert np.array_equal(got, np.rot90(img, -1))  # 6: turned 90 degrees clockwise to be upright
+
+
+def test_an_exif_turned_jpeg_is_completed_upright_and_written_upright(tmp_path):
+    """A phone photo stored sideways with its tag: completed as shown and written as shown (stored upright, no tag);
+    its mask file is read the same way."""
+    src = tmp_path / "in"
+    src.mkdir()
+    upright = _picture(96, 64)
+    (src / "phone.jpg").write_bytes(_jpeg_with(6, np.ascontiguousarray(np.rot90(upright))))  # stored sideways
+    r = _complete(src / "phone.jpg", tmp_path / "out.png")
+    assert r.exit_code == 0, r.output
+    out = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (96, 64, 3)
+    known = MaskSpec.parse("center").known("phone.jpg", (96, 64), 64, 0).astype(bool)
+    shown = images.decode(np.fromfile(src / "phone.jpg", np.uint8)).original
+    assert np.array_equal(out[known], shown[known])  # the known pixels are the input's, upright
+    mask = tmp_path / "mask.jpg"  # a sideways-stored mask with the same tag: the hole lands where it is shown
+    hole = np.zeros((96, 64), np.uint8)
+    hole[:48] = 255
+    mask.write_bytes(_jpeg_with(6, np.ascontiguousarray(np.rot90(hole))))
+    assert np.array_equal(read_mask_file(mask) == 0, hole > 127)
+
+
+def test_fifos_devices_and_folders_named_like_images_fail_alone(tmp_path):
+    """A FIFO named .png once hung the job (not even Ctrl-C stopped it) and a link to /dev/zero ended it with a
+    MemoryError traceback: each is now one error line, and the rest completes."""
+    from synth import make_faces
+
+    src = tmp_path / "in"
+    make_faces(src, n=1, size=64)
+    os.mkfifo(src / "fifo.png")
+    (src / "zero.png").symlink_to("/dev/zero")
+    r = _complete(src, tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert sorted(_errors(r)) == [f"error: {src / 'fifo.png'}: not a regular file (a FIFO)",
+                                  f"error: {src / 'zero.png'}: not a regular file (a device)"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["face_00.png"]
+    with pytest.raises(MaskError, match="fifo.png: not a regular file"):  # a mask file too
+        read_mask_file(src / "fifo.png", key="face_00.png")
+
+
+def test_a_folder_where_an_output_belongs_is_an_error_not_a_finished_output(tmp_path):
+    from synth import make_faces
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_faces(src, n=2, size=64)
+    (out / "face_00.png").mkdir(parents=True)
+    r = _complete(src, out)
+    assert r.exit_code == 1, r.output
+    assert _errors(r) == [f"error: {src / 'face_00.png'}: cannot write {out / 'face_00.png'}: Is a directory"]
+    assert (out / "face_01.png").is_file()
+    summary = json.loads((out / "gcomp-summary.json").read_text())
+    assert (summary["skipped"], summary["done"], summary["n_failed"]) == (0, 1, 1)  # it was counted as skipped
+
+
+def test_a_search_the_backend_cannot_run_is_refused_before_the_output_exists(tmp_path):
+    from synth import make_faces
+
+    src = tmp_path / "in"
+    make_faces(src, n=1, size=64)
+    r = _complete(src, tmp_path / "out", "--optimizer", "adam", "--iters", "2")
+    assert r.exit_code == 2, r.output
+    assert _errors(r) == ["error: the onnxruntime backend runs the seed's momentum optimizer only (got adam); use "
+                          "--backend torch for adam"]
+    assert not (tmp_path / "out").exists()
+    assert _complete(src, tmp_path / "out", "--optimizer", "adam").exit_code == 0  # 0 iterations: nothing searches
+
+
+def test_one_input_that_is_no_image_format_is_refused(tmp_path):
+    gif = tmp_path / "g.gif"
+    gif.write_bytes(b"GIF89a" + b"\x00" * 32)
+    r = _complete(gif, tmp_path / "out")
+    assert r.exit_code == 2 and not (tmp_path / "out").exists()
+    assert _errors(r) == [f"error: {gif}: .gif is not an image format gcomp reads ({', '.join(images.SUFFIXES)})"]
+
+
+def test_16_bit_and_float_images_written_to_8_bit_formats():
+    """WebP is 8-bit only: a 16-bit image came out clipped (nearly white); a float image in a JPEG came out black."""
+    smooth = np.broadcast_to(np.linspace(20, 230, 32).astype(np.uint8)[None, :, None], (32, 32, 3)).copy()
+    img16 = smooth.astype(np.uint16) * 257
+    for suffix in (".webp", ".jpg", ".bmp"):
+        back = cv2.imdecode(np.frombuffer(images.encode(img16, suffix), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert back.dtype == np.uint8
+        assert np.abs(back.astype(int) - img16 // 257).mean() < 3, suffix
+    back = cv2.imdecode(np.frombuffer(images.encode(smooth.astype(np.float32) / 255, ".jpg"), np.uint8),
+                        cv2.IMREAD_UNCHANGED)
+    assert np.abs(back.astype(int) - smooth).mean() < 3
+
+
+def test_a_float_image_keeps_its_alpha():
+    rgba = _picture(16, 16, channels=4).astype(np.float32) / 255
+    out = images.like_original(np.zeros((16, 16, 3), np.uint8), rgba)
+    assert out.dtype == np.float32 and np.array_equal(out[:, :, 3], rgba[:, :, 3])
+
+
+def test_a_strokes_count_past_what_covers_an_image_is_refused():
+    with pytest.raises(MaskError, match="strokes count must be an integer from 1 to 1000, got 100000"):
+        MaskSpec.parse("strokes:100000")
+    assert MaskSpec.parse("strokes:1000").param == 1000
+
+
+def test_the_pixel_limit_message_does_not_round_to_the_limit(monkeypatch):
+    monkeypatch.setattr(images, "MAX_PIXELS", 2_000_000)
+    with pytest.raises(images.ImageError, match=r"1500x1500 is 2\.25 megapixels, over the limit of 2 "):
+        images.check_size(1500, 1500, "big.png")
+
+
+def test_sigterm_stops_a_job_as_ctrl_c_does_with_143():
+    """`kill`, `timeout`, docker stop and Kubernetes send SIGTERM: the job stops as on Ctrl-C (the summary, the
+    line on how far it got), and the status is 128 + 15."""
+    from gcomp.cli.complete_cmd import _interrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as e:
+        with _interrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at once and ends the sleep
+    assert e.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+def test_a_webp_exif_orientation_is_applied_too():
+    pil = pytest.importorskip("PIL.Image", reason="Pillow writes the WebP with an EXIF chunk")
+    import io
+
+    exif = pil.Exif()
+    exif[0x0112] = 8
+    b = io.BytesIO()
+    pil.fromarray(_picture()[:, :, ::-1]).save(b, "WEBP", lossless=True, exif=exif.tobytes())
+    arr = np.frombuffer(b.getvalue(), np.uint8)
+    assert read_header(arr).orientation == 8
+    got = images.decode(arr).original
+    assert got.shape == (40, 24, 3)
+    assert np.array_equal(got, cv2.imdecode(arr, cv2.IMREAD_ANYCOLOR))
+
+
+def test_an_input_named_like_gcomp_s_temporary_files_is_completed(tmp_path):
+    """Temporary outputs end in .tmp; an image whose name merely starts like one was left out of the count."""
+    from synth import make_faces
+
+    src = tmp_path / "in"
+    face = make_faces(src, n=1, size=64)[0]
+    face.rename(src / ".gcomp-s0of1-keep.png")
+    r = _complete(src, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / ".gcomp-s0of1-keep.png").is_file()
