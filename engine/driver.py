@@ -50,8 +50,9 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
         log(note)
 
     def fail(item: Item, err: Exception) -> None:
-        log(f"error: {error_text(item.key, str(item.path), err)}")
-        summary.failed.append({"file": str(item.path), "error": str(err)})
+        text = error_text(item.key, str(item.path), err)  # the summary says what stderr says
+        log(f"error: {text}")
+        summary.failed.append({"file": str(item.path), "error": text})
 
     bs = opts.batch_size
     blends = opts.blend.kind != "none"  # only then is a very large hole worth a note on its memory

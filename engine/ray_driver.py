@@ -320,8 +320,9 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
                     summary.done += 1
                     per_worker[r["worker"]] = per_worker.get(r["worker"], 0) + 1
                 else:
-                    log(f"error: {error_text(r['key'], r['file'], r['error'])}")
-                    failed.append((order[r["key"]], {"file": r["file"], "error": r["error"]}))
+                    text = error_text(r["key"], r["file"], r["error"])  # the summary says what stderr says
+                    log(f"error: {text}")
+                    failed.append((order[r["key"]], {"file": r["file"], "error": text}))
                 bar.advance()
             summary.failed = [f for _, f in sorted(failed, key=lambda t: t[0])]  # listing order, as complete()
             ray_info["images_per_worker"] = per_worker

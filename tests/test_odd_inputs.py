@@ -228,3 +228,20 @@ def test_an_input_named_like_gcomp_s_temporary_files_is_completed(tmp_path):
     r = _complete(src, tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / ".gcomp-s0of1-keep.png").is_file()
+
+
+def test_the_summary_states_each_failure_as_stderr_does(tmp_path):
+    """A mask's error named the image by its key in the summary (`a.png: mask ...`) but by its path on stderr."""
+    from synth import make_faces
+
+    src, masks = tmp_path / "in", tmp_path / "masks"
+    make_faces(src, n=2, size=64)
+    masks.mkdir()
+    cv2.imwrite(str(masks / "face_00.png"), np.zeros((32, 32), np.uint8))  # the wrong size
+    cv2.imwrite(str(masks / "face_01.png"), np.where(np.arange(64)[:, None] < 32, 255, 0).astype(np.uint8).repeat(64, 1))
+    (src / "bad.png").write_bytes(b"not a png")
+    r = _complete(src, tmp_path / "out", "--mask", str(masks))
+    assert r.exit_code == 1, r.output
+    summary = json.loads((tmp_path / "out" / "gcomp-summary.json").read_text())
+    assert sorted(f"error: {f['error']}" for f in summary["failed"]) == sorted(_errors(r))
+    assert len(_errors(r)) == 2 and all(line.startswith(f"error: {src}/") for line in _errors(r)), r.stderr
