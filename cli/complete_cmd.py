@@ -44,8 +44,9 @@ def _interrupted():
 
 
 def complete(
-    input: Path = typer.Argument(..., metavar="INPUT", help="An image, or a folder (searched recursively)."),
-    output: Path = typer.Argument(..., metavar="OUTPUT", help="Output folder (mirrors the input tree), or an image path for one input image."),
+    # str, not Path: Path("") is ".", and an empty argument (an unset shell variable) must be refused, not the cwd
+    input: str = typer.Argument(..., metavar="INPUT", help="An image, or a folder (searched recursively)."),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="Output folder (mirrors the input tree), or an image path for one input image."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", show_default="the bundled 64x64 face model (ONNX Runtime on CPU)",
                                          help="A checkpoint (.pt or run folder), an export folder, or a bundled model "
                                          "by name: default, small (4x cheaper, lower quality)."),

@@ -277,6 +277,9 @@ def check_folder_output(src: Path, dst: Path) -> None:
 def check_job(input, output, opts: CompleteOptions) -> tuple[Path, Path, MaskSpec, Path]:
     """(input, output, mask spec, output folder) after the checks that fail a whole job. Creates nothing:
     the output folder is made when the job starts writing (make_output_dir)."""
+    for what, path in (("INPUT", input), ("OUTPUT", output)):
+        if not str(path):  # Path("") would be the current folder: an unset shell variable must not mean "here"
+            raise JobError(f"{what} is an empty path (an unset variable?): name a file or folder")
     src, dst = Path(input), Path(output)
     spec = MaskSpec.parse(opts.mask)
     if not src.exists():

@@ -194,6 +194,8 @@ class MaskSpec:
     def parse(cls, spec: str) -> "MaskSpec":
         """'center', 'center:0.3', 'random:0.5', or a path to a mask file or a folder of masks. Messages name the
         value as `mask '...' (--mask)`, so they read right from the API (mask=) and from `gcomp complete`."""
+        if not spec:  # Path("") would be the current folder
+            raise MaskError("mask '' (--mask) is empty: a kind (center, random, ...) or a mask file or folder")
         name, _, arg = spec.partition(":")
         name = ALIASES.get(name, name)
         if name in KINDS:

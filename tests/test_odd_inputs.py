@@ -245,3 +245,18 @@ def test_the_summary_states_each_failure_as_stderr_does(tmp_path):
     summary = json.loads((tmp_path / "out" / "gcomp-summary.json").read_text())
     assert sorted(f"error: {f['error']}" for f in summary["failed"]) == sorted(_errors(r))
     assert len(_errors(r)) == 2 and all(line.startswith(f"error: {src}/") for line in _errors(r)), r.stderr
+
+
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch):
+    """`gcomp complete "$IN" "$OUT"` with OUT unset wrote into the current folder."""
+    from synth import make_faces
+
+    face = make_faces(tmp_path / "in", n=1, size=64)[0]
+    monkeypatch.chdir(tmp_path)
+    for args, line in (([str(face), ""], "error: OUTPUT is an empty path (an unset variable?): name a file or folder"),
+                       (["", "out"], "error: INPUT is an empty path (an unset variable?): name a file or folder"),
+                       ([str(face), "out", "--mask", ""], "error: mask '' (--mask) is empty: a kind (center, random, "
+                                                          "...) or a mask file or folder")):
+        r = runner.invoke(app, ["complete", *args, "--no-progress"])
+        assert r.exit_code == 2 and _errors(r) == [line], r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
