@@ -268,10 +268,16 @@ class MaskSpec:
         rel = Path(key)
         looked = [self.path / rel.parent] + ([self.path] if rel.parent != Path(".") else [])
         for cand in looked:
-            if cand.is_dir():
-                for f in sorted(cand.glob(glob_escape(rel.stem) + ".*")):
-                    if f.is_file():
-                        return f
+            if not cand.is_dir():
+                continue
+            found = [f for f in sorted(cand.glob(glob_escape(rel.stem) + ".*"))
+                     if f.stem == rel.stem and f.is_file()]  # its stem exactly: not a.png.bak
+            same = [f for f in found if f.name == rel.name]
+            if same or len(found) == 1:
+                return (same or found)[0]  # the mask named as its image is the one, beside others of its stem
+            if found:
+                raise MaskError(f"{key}: {len(found)} masks in {cand} for it ({', '.join(f.name for f in found)}) "
+                                f"and none named {rel.name}: keep one")
         # Starts with the image's key, like every per-image error: the job's log puts the input file there.
         tried = " or ".join(f"{c / rel.stem}.*" for c in looked)
         raise MaskError(f"{key}: no mask in {self.path} (looked for {tried}; masks are matched by relative path "

@@ -260,3 +260,18 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_folder(tmp_path, monk
         r = runner.invoke(app, ["complete", *args, "--no-progress"])
         assert r.exit_code == 2 and _errors(r) == [line], r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_mask_folder_with_several_masks_for_an_image(tmp_path):
+    """The first of a.bmp / a.png was taken silently (and a.png.bak matched a.*)."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    half = np.where(np.arange(64)[:, None] < 32, 255, 0).astype(np.uint8).repeat(64, 1)
+    cv2.imwrite(str(masks / "a.bmp"), half)
+    cv2.imwrite(str(masks / "a.png"), 255 - half)
+    spec = MaskSpec.parse(str(masks))
+    assert spec._find_in_folder("a.png") == masks / "a.png"  # the one named as the image
+    with pytest.raises(MaskError, match=r"a.jpg: 2 masks in .* for it \(a.bmp, a.png\) and none named a.jpg: keep one"):
+        spec._find_in_folder("a.jpg")
+    (masks / "a.png").rename(masks / "a.png.bak")
+    assert spec._find_in_folder("a.jpg") == masks / "a.bmp"  # one left: a.png.bak is another stem
