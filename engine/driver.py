@@ -8,7 +8,6 @@ through the public API, `gcomp.open_model(...).complete_files(input, output)`, w
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +19,7 @@ from .batch import finish_batch, generate_batch, progress_writer
 from .encoder import Encoder
 from .images import ImageError
 from .jobs import (Interrupted, Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo,
-                   nothing_to_do, resume_note, single_image_job, start_writing)
+                   nothing_to_do, resume_note, single_image_job, start_writing, to_stderr)
 from .masks import MaskError
 from .options import Settings
 from .prepare import Prepared, prepare
@@ -35,7 +34,7 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
     Per-image problems (unreadable file, missing mask) are reported through `log` and in the
     summary; they never stop the rest. Problems with the whole job (output folder, mask) raise.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or to_stderr
     src, dst, spec, out_dir = check_job(input, output, opts)
     t0 = time.perf_counter()
     tag = start_writing(out_dir, opts)  # every check has passed: the output folder is created here

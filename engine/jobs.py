@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields
@@ -159,6 +160,12 @@ def finished(out: Path) -> bool:
 def temp_tag(shard: tuple[int, int]) -> str:
     """Goes into temporary output names, so a rerun of this shard removes only its own leftovers."""
     return f"s{shard[0]}of{shard[1]}-"
+
+
+def to_stderr(msg: str) -> None:
+    """A job's default log: one message, one line on stderr. A newline in a file's name would split it (and break
+    `grep ^error:`), so line breaks print as \\n."""
+    print(msg.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
 
 
 def error_text(key: str, path: str, err: Exception | str) -> str:

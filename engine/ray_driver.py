@@ -34,7 +34,6 @@ import math
 import os
 import pickle
 import socket
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +50,7 @@ from .batch import progress_writer
 from .cpu import usable_cores
 from .images import ImageError, OutputError
 from .jobs import (Item, Summary, check_job, error_text, finish_summary, job_settings, list_todo, resume_note,
-                   single_image_job, start_writing)
+                   single_image_job, start_writing, to_stderr)
 from .masks import MaskError, MaskSpec
 from .options import CompleteOptions, Settings
 from .prepare import Prepared, prepare
@@ -232,7 +231,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
     The input and output must be on storage the driver and every worker see.
     """
     opts = options or CompleteOptions()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or to_stderr
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     src, dst, spec, out_dir = check_job(input, output, opts)

@@ -275,3 +275,10 @@ def test_a_mask_folder_with_several_masks_for_an_image(tmp_path):
         spec._find_in_folder("a.jpg")
     (masks / "a.png").rename(masks / "a.png.bak")
     assert spec._find_in_folder("a.jpg") == masks / "a.bmp"  # one left: a.png.bak is another stem
+
+
+def test_a_file_name_with_a_line_break_keeps_its_error_on_one_line(tmp_path, capfd):
+    from gcomp.engine.jobs import to_stderr
+
+    to_stderr("error: in/bad\nname.png: not a readable image")
+    assert capfd.readouterr().err == "error: in/bad\\nname.png: not a readable image\n"
