@@ -40,6 +40,8 @@ def run_files(be: Backend, encoder: Encoder | None, input, output, opts: Setting
     tag = start_writing(out_dir, opts)  # every check has passed: the output folder is created here
     for note in notes:
         log(note if note.startswith("warning:") else f"note: {note}")
+    if images.max_pixels_warning():
+        log(images.max_pixels_warning())
     summary = Summary(settings=job_settings(src, dst, spec, opts))
     todo, summary.skipped = list_todo(src, dst, opts, log)
     if not todo and not summary.skipped:

@@ -61,15 +61,25 @@ class ImageError(ValueError):
 
 
 def _max_pixels(default: int = 200_000_000) -> int:
-    """GCOMP_MAX_IMAGE_PIXELS, else 200 megapixels; 0 = no limit (a value that is not an integer is ignored).
-    Completing one image takes ~40 bytes per pixel at its peak (the decoded image, its RGB copy, the mask, the fill,
-    the output; a hole over 4 megapixels adds ~160 per hole pixel, engine/prepare.py), so the default bounds one
-    image at ~8 GB, and refuses decompression bombs (a small PNG or JPEG
-    that decodes to gigabytes) before they are decoded, as PIL's MAX_IMAGE_PIXELS does."""
+    """GCOMP_MAX_IMAGE_PIXELS, else 200 megapixels; 0 = no limit (a value that is not an integer >= 0 is ignored,
+    and a job says so: max_pixels_warning). Completing one image takes ~40 bytes per pixel at its peak (the decoded
+    image, its RGB copy, the mask, the fill, the output; a hole over 4 megapixels adds ~160 per hole pixel,
+    engine/prepare.py), so the default bounds one image at ~8 GB, and refuses decompression bombs (a small PNG or
+    JPEG that decodes to gigabytes) before they are decoded, as PIL's MAX_IMAGE_PIXELS does."""
     try:
-        return max(0, int(os.environ.get("GCOMP_MAX_IMAGE_PIXELS", default)))
+        value = int(os.environ.get("GCOMP_MAX_IMAGE_PIXELS", default))
     except ValueError:
         return default
+    return value if value >= 0 else default
+
+
+def max_pixels_warning() -> str | None:
+    """The line a job logs when GCOMP_MAX_IMAGE_PIXELS is set but ignored (not an integer >= 0)."""
+    raw = os.environ.get("GCOMP_MAX_IMAGE_PIXELS")
+    if raw is None or raw.strip().isdigit():
+        return None
+    return (f"warning: GCOMP_MAX_IMAGE_PIXELS={raw!r} is not a pixel count (an integer >= 0; 0 lifts the limit): "
+            f"the limit is {_megapixels(MAX_PIXELS)} megapixels")
 
 
 #: images with more pixels are refused (one error line naming the file); set it to 0 for no limit

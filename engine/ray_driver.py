@@ -271,6 +271,8 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             ray_info["startup_seconds"] = round(time.perf_counter() - t0, 2)
             for note in info["notes"]:
                 log(note if note.startswith("warning:") else f"note: {note}")
+            if images.max_pixels_warning():  # (this process's environment; the decode tasks read their own)
+                log(images.max_pixels_warning())
             # the job's Settings, resolved once by the model when the probe opened it; the device as the user named it
             opts = replace(info["options"], device=device)
             tag = start_writing(out_dir, opts)  # the model opened and the settings passed its checks: now the folder
