@@ -332,6 +332,13 @@ def check_options(backends, batch_sizes, iters, precisions, device, warmup, thre
         devices = next(f.devices for f in FORMATS if f.name == name)
         if name != "tensorrt" and device.split(":")[0] not in devices:  # tensorrt always runs on CUDA
             raise BackendError(f"--device {device}: the {name} backend runs on {devices} only")
+        if name == "tensorrt":  # before the graphs are exported for it
+            from ..engine.backends.tensorrt_plan import TensorRTUnavailable, import_tensorrt
+
+            try:
+                import_tensorrt("--backend tensorrt")
+            except TensorRTUnavailable as e:
+                raise BackendError(str(e)) from None
     for prec in precisions:  # a pair that does not exist is skipped; a precision no backend runs is a mistake
         reasons = [why_not(name, prec, device) for name in backends]
         if all(reasons):

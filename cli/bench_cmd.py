@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .errors import fail
+from .errors import fail, output_file, writing
 
 
 def _list(s: str) -> list[str]:
@@ -15,6 +15,8 @@ def _list(s: str) -> list[str]:
 
 def _ints(option: str, s: str) -> list[int]:
     try:
+        if s.strip() and any(not x.strip() for x in s.split(",")):  # "1,,2": a typo, not two sizes (empty: none given)
+            raise ValueError
         return [int(x) for x in _list(s)]
     except ValueError:
         raise fail(f"{option} takes comma-separated whole numbers (e.g. 1,16,64), got {s!r}") from None
@@ -39,6 +41,7 @@ def bench(
     # parsed before torch loads (seconds); run() checks the values before any work
     batch_sizes, thread_counts, stream_counts = (_ints("--batch-size", batch_size), _ints("--threads", threads),
                                                  _ints("--streams", streams))
+    output_file(json_path, "--json")  # before the benchmark, not after it
     try:
         import torch  # noqa: F401  (the baseline is the seed's PyTorch loop)
     except ImportError:
@@ -62,7 +65,8 @@ def bench(
     if report["swept"]:
         typer.echo("* the fastest setting of its backend, precision and batch size")
     if json_path:
-        write_json(report, json_path)
+        with writing(json_path, "--json"):
+            write_json(report, json_path)
         typer.echo(f"wrote {json_path}")
 
 

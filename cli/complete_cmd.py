@@ -15,7 +15,7 @@ def _shard(value: str) -> tuple[int, int]:
         k, n = (int(x) for x in value.split("/"))
         return k, n
     except ValueError:
-        raise typer.BadParameter(f"expected K/N, e.g. 0/4, got {value!r}") from None
+        raise typer.BadParameter(f"expected K/N, e.g. 0/4, got {value!r}", param_hint="--shard") from None
 
 
 @contextlib.contextmanager
@@ -70,7 +70,7 @@ def complete(
     weighted: bool = typer.Option(False, "--weighted/--plain", help="The paper's 7x7-weighted context loss."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose output exists (without it they are skipped)."),
     shard: Optional[str] = typer.Option(None, "--shard", show_default="all of it", help="K/N: complete only the K-th of N parts of the input."),
-    save_progress: bool = typer.Option(False, "--save-progress", help="Write snapshot grids every 50 iterations of the search (OUTPUT/_gcomp_progress/batch_N/iter_K.png; none with 0 iterations)."),
+    save_progress: bool = typer.Option(False, "--save-progress", help="Write snapshot grids every 50 iterations of the search and where an early stop ends it (OUTPUT/_gcomp_progress/batch_N/iter_K.png; none with 0 iterations)."),
     face: str = typer.Option("auto", "--face", help="auto: photos larger than the model are cropped around the face "
                              "OpenCV finds (mask kinds apply to that crop; no face: the whole image); off: never."),
     threads: Optional[int] = typer.Option(None, "--threads", show_default="all cores", help="onnxruntime / openvino: CPU threads."),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import typer
 
@@ -28,3 +29,34 @@ def runtime_errors() -> tuple[type[BaseException], ...]:
     from ..engine.ray_driver import RayError
 
     return (BackendError, ImageError, OutputError, MaskError, ValueError, RayError)
+
+
+def output_folder(folder: Path, option: str) -> None:
+    """Refuse, before any work, an output folder an option names that cannot be made or written (a file there or
+    above it, no permission): one line, exit 2. Creates nothing (engine.jobs.check_writable)."""
+    from ..engine.images import OutputError
+    from ..engine.jobs import check_writable
+
+    try:
+        check_writable(Path(folder))
+    except OutputError as e:
+        raise fail(f"{option}: {e}") from None
+
+
+def output_file(path: Path | None, option: str) -> None:
+    """The same for a file an option names (--json, --grid): a folder there, or a folder above it not writable."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise fail(f"{option} {path} is a folder: name a file")
+    output_folder(Path(path).absolute().parent, option)
+
+
+@contextlib.contextmanager
+def writing(path: Path, option: str):
+    """Writing the file an option names at the end of a run: an OSError then is one line (exit 1: the work was
+    done, its record was not written), not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise fail(f"{option} {path}: cannot write it ({e.strerror or e})", code=1) from None

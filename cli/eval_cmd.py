@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .errors import fail
+from .errors import fail, output_file, writing
 
 
 def evaluate(
@@ -52,6 +52,8 @@ def evaluate(
     from .errors import runtime_errors
 
     kinds = [k.strip() for k in mask.split(",") if k.strip()]
+    output_file(json_path, "--json")  # before minutes of completing and scoring
+    output_file(grid, "--grid")
     try:
         check_args(data, kinds, limit)  # before the model loads
         opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed, init=init,
@@ -86,9 +88,11 @@ def evaluate(
     if json_path:
         report = {"data": str(data), "model": str(model), "backend": backend_settings, "iters": results[0].search["iters"], "results": [r.__dict__ for r in results],
                   "paper_psnr": PAPER_PSNR, "search": opts.search.as_dict()}
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
+        with writing(json_path, "--json"):
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {json_path}")
     if grid:
-        images.write_rgb(grid, picture_grid(pictures))
+        with writing(grid, "--grid"):
+            images.write_rgb(grid, picture_grid(pictures))
         typer.echo(f"wrote {grid}")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .errors import fail
+from .errors import fail, output_folder
 
 from ..engine.search import EXPORT_RECOMMENDED
 
@@ -55,6 +55,7 @@ def export(
     except (ValueError, CheckpointError) as e:  # CheckpointError is a ValueError
         raise fail(str(e)) from None
     out_dir = out if out is not None else ckpt.parent / f"export-{precision}"
+    output_folder(out_dir, "--out")  # before minutes of export and validation
 
     t0 = time.perf_counter()
     try:
@@ -70,6 +71,8 @@ def export(
         raise fail(str(e)) from None
     except RuntimeError as e:
         raise fail(str(e), code=1) from None
+    except OSError as e:  # a file that could not be read or written (the disk full, a folder gone)
+        raise fail(f"{e.filename or out_dir}: {e.strerror or e}") from None
     if result["validation"] is not None:
         _table(result["validation"])
         typer.echo(f"validation passed; report saved as {Path(result['out_dir']) / 'validation.json'}")

@@ -112,6 +112,8 @@ class Model:
         recommendation for options.mask's kind, then from the seed's (search) and blend.AUTO; with the
         backend's settings and the encoder `init` picks. What every completion below runs."""
         opts = _with_settings(options, settings)
+        if isinstance(opts.mask, str):
+            MaskSpec.parse(opts.mask)  # a bad kind or parameter fails here, as gcomp complete refuses it
         return self._resolve(opts, opts.mask)
 
     def _resolve(self, opts: CompleteOptions, mask: Mask | None) -> Settings:
@@ -139,6 +141,8 @@ class Model:
         """One HxWx3 uint8 RGB array ready for `complete_prepared`. `name` seeds its random mask and
         latents as a file's relative path does in `gcomp complete`."""
         opts = options or CompleteOptions()
+        if not isinstance(name, str):  # it becomes a path and the random masks' seed: Path(5) would say neither
+            raise TypeError(f"name must be a string (it seeds the image's random mask), got {type(name).__name__}")
         rgb = _check_rgb(image, name)
         spec = MaskSpec.parse(mask) if isinstance(mask, str) else _known(mask, rgb.shape[:2], name)
         return prepare_image(Item(Path(name), name, Path(name)), images.Image(rgb, rgb), spec, self.size,

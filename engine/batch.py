@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from . import images
-from .backends import Backend
+from .backends import Backend, BackendError
 from .blend import blend_many, blend_stacked, rows_of
 from .encoder import Encoder
 from .jobs import PROGRESS_DIR
@@ -73,8 +73,18 @@ def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
         best = loss.argmin(1)
         z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
         seconds, history = res.seconds, res.history
+        if hasattr(on_progress, "finish"):
+            on_progress.finish()  # progress_writer: an early stop's last state is a snapshot too
     stats = {"loss": loss.min(1).tolist(), "best_restart": best.tolist(), "seconds": seconds, "history": history}
-    return backend.generate(z_best), stats
+    if not np.isfinite(z_best).all():
+        raise BackendError(f"the search diverged (NaN latents after {len(history)} steps, lr {opts.search.lr:g}): "
+                           f"lower --lr" if searches else "the encoder returned NaN or infinite latents: the model "
+                           "is broken (retrain or re-export its encoder)")
+    x = backend.generate(z_best)
+    if not np.isfinite(x).all():  # ~0.3 ms for 64 faces: a broken model fails the job, not one black hole per image
+        raise BackendError("the generator returned NaN or infinite values: the model is broken (a training run that "
+                           "diverged?); `gcomp export` validates a checkpoint against PyTorch and says where")
+    return x, stats
 
 
 def finish_batch(batch: list[Prepared], x: np.ndarray, opts: Settings) -> list[np.ndarray]:
@@ -143,9 +153,23 @@ def progress_writer(be: Backend, batch: list[Prepared], out_dir: Path, batch_no:
     """An on_progress callback writing snapshot grids to OUT/_gcomp_progress/batch_NNNNN/ (--save-progress)."""
     folder = out_dir / PROGRESS_DIR / f"batch_{batch_no:05d}"
 
-    def on_progress(i: int, z: np.ndarray) -> None:
-        if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == iters:
-            x = be.generate(z[: len(batch)])
-            images.write_rgb(folder / f"iter_{i + 1:05d}.png", progress_grid(batch, x))
+    last: list = []  # the latest step and z seen, unless written already
 
+    def write(i: int, z: np.ndarray) -> None:
+        x = be.generate(z[: len(batch)])
+        images.write_rgb(folder / f"iter_{i + 1:05d}.png", progress_grid(batch, x))
+
+    def on_progress(i: int, z: np.ndarray) -> None:
+        last[:] = [i, z]
+        if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == iters:
+            write(i, z)
+            last.clear()
+
+    def finish() -> None:
+        """After the search: where an early stop ended it before the next snapshot, its last state is written too."""
+        if last:
+            write(*last)
+            last.clear()
+
+    on_progress.finish = finish
     return on_progress

@@ -9,6 +9,7 @@ call, slowing the generator call that follows (131 against 81 ms): so ONNX Runti
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class Encoder:
                                f"{theirs} vs {ours}); use --init random, or train one for this model")
         self.runtime = "openvino" if openvino is not None else "onnxruntime"
         self._request = self._compiled = self._core = self.session = None
+        self._turns = threading.Lock()
         try:
             if openvino is not None:
                 import openvino as ov
@@ -72,7 +74,8 @@ class Encoder:
                                "was called): take one from an open model, model.encoder()")
         feeds = {"image": np.ascontiguousarray(y, np.float32), "mask": np.ascontiguousarray(known, np.float32)}
         if self.runtime == "openvino":
-            z = np.array(self._request.infer(feeds)["z"])
+            with self._turns:  # an infer request runs one call at a time (base.Backend.serial)
+                z = np.array(self._request.infer(feeds)["z"])
         else:
             z = self.session.run(["z"], feeds)[0]
         return np.clip(z, -1, 1).astype(np.float32)

@@ -156,6 +156,22 @@ def _metadata(cfg, kind: str, precision: str, unroll: int, batch, opset: int, ab
     }
 
 
+def fit_to_unroll(defaults: dict, unroll: int) -> list[str]:
+    """Round each recommended `iters` (the model-wide one and each mask kind's) up to a multiple of `unroll`, in
+    place: a graph of K steps per call runs a multiple of K iterations only, so a model recommending 100 at
+    --unroll 3 would refuse its own defaults. Returns a note per value changed."""
+    from ..engine.options import PER_MASK
+
+    notes = []
+    for where, values in [("", defaults), *((f"{kind}.", v) for kind, v in defaults.get(PER_MASK, {}).items())]:
+        n = values.get("iters")
+        if unroll > 1 and n and n % unroll:
+            values["iters"] = -(-n // unroll) * unroll
+            notes.append(f"the recommended {where}iters {n} is {values['iters']} in this export: a multiple of "
+                         f"--unroll {unroll}")
+    return notes
+
+
 def about_export(G, D, checkpoint, cfg, recommend=None, description: str | None = None,
                  license: str | None = None) -> dict[str, Any]:
     """The metadata every file of one export shares: the weights' id, the recommended settings, description,
@@ -269,6 +285,8 @@ def export_model(checkpoint, out_dir, precision: str = "fp32", batch: str | int 
     log(f"gcomp export: {checkpoint} ({cfg.size}x{cfg.size}x{cfg.channels}, zdim {cfg.zdim}, gf {cfg.gf}, df {cfg.df}) "
         f"-> {out} (precision {precision}, batch {batch}, unroll {unroll}, opset {opset})")
     about = about_export(G, D, checkpoint, cfg, recommend, description, license)
+    for note in fit_to_unroll(about["defaults"], unroll):
+        log(f"note: {note}")
     out.mkdir(parents=True, exist_ok=True)
     # An earlier export's validation.json describes the graphs about to be replaced, and the runtime trusts it (or
     # refuses the export when it says "ok": false): remove it first, so that without validation (or if this export

@@ -161,6 +161,13 @@ def test_save_progress_writes_snapshots(tiny_ckpt, faces, tmp_path):
                  options=CompleteOptions(search=SearchParams(iters=100), save_progress=True, batch_size=8))
     snaps = sorted(p.name for p in (out / "_gcomp_progress" / "batch_00000").iterdir())
     assert snaps == ["iter_00050.png", "iter_00100.png"] and s.done == len(faces)
+    # an early stop before the next snapshot: its last state is written too (it was not: no snapshot at all)
+    out2 = tmp_path / "out2"
+    complete(faces[0].parent, out2, tiny_ckpt, progress=False,
+             options=CompleteOptions(search=SearchParams(iters=100, lr=1e-30, patience=3), save_progress=True,
+                                     batch_size=8))
+    snaps = sorted(p.name for p in (out2 / "_gcomp_progress" / "batch_00000").iterdir())
+    assert len(snaps) == 1 and int(snaps[0][5:10]) < 50, snaps
 
 
 def test_poisson_blend_keeps_known_pixels(tiny_ckpt, faces, tmp_path):

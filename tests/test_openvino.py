@@ -246,3 +246,19 @@ def test_bf16_runs_the_subpixel_copies(tmp_path):
         np.testing.assert_allclose(vb.search(z0, y, w, hp).loss, rb.search(z0, y, w, hp).loss, rtol=0.03)
     with open_backend(m, "openvino", precision="fp32") as vb:  # fp32 compiles the generator as exported
         assert vb.settings()["precision"] == "fp32"
+
+
+def test_one_openvino_model_serves_several_threads(exported):
+    """An infer request runs one call at a time: from 4 threads at once a second call raised 'Infer Request is busy'.
+    Calls now take turns (Backend.serial): the same images as one thread's, none refused."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'gcomp[openvino]')")
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gcomp
+
+    faces = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(8)]
+    with gcomp.open_model(exported, backend="openvino", precision="fp32") as m:
+        alone = [m.complete(f, "center", name=f"f{i}", iters=2) for i, f in enumerate(faces)]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda i: m.complete(faces[i], "center", name=f"f{i}", iters=2), range(8)))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))

@@ -76,17 +76,22 @@ class TrainConfig:
             raise TrainError("give exactly one of --steps or --epochs")
         if self.steps is not None and self.steps < 1:
             raise TrainError(f"--steps must be at least 1, got {self.steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise TrainError(f"--epochs must be positive, got {self.epochs}")
+        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise TrainError(f"--epochs must be a positive number, got {self.epochs}")
         for name in ("batch_size", "sample_every", "save_every"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.workers < 0:
             raise TrainError(f"--workers must be >= 0, got {self.workers}")
-        if not self.lr > 0 or not 0 <= self.beta1 < 1:
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.beta1 < 1:
             raise TrainError(f"need lr > 0 and 0 <= beta1 < 1, got lr={self.lr} beta1={self.beta1}")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise TrainError(f"--out {self.out} is a file; it must be a run folder")
+        above = Path(self.out).absolute()
+        while not above.exists() and above.parent != above:
+            above = above.parent
+        if not above.is_dir():  # afile/run: refused now, not after the data is read
+            raise TrainError(f"--out {self.out}: {above} is a file, so the run folder cannot be made there")
         if self.precision not in PRECISIONS:
             raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
@@ -356,7 +361,10 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
 
     log_path = out / "log.jsonl"
     if di.main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
         (out / "config.json").write_text(json.dumps({
             "gcomp_version": __version__, "model_config": asdict(mcfg), "train_config": cfg.to_dict(),
             "world_size": world, "images": len(data), "steps_per_epoch": batches.steps_per_epoch,
@@ -368,7 +376,15 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
         elif log_path.exists():
             log_path.unlink()
 
+    saved = [start] if start else []  # the steps saved to ckpt_path (a resumed run's start is one)
+
     def save(step: int) -> None:
+        # the losses were finite, but this step's update may not have been: never save NaN weights over good ones
+        if not all(bool(torch.isfinite(p).all()) for net in (G_plain, D_plain) for p in net.parameters()):
+            kept = f"{ckpt_path} holds step {saved[-1]}, the last save before it" if saved else "nothing was saved"
+            raise TrainError(f"training diverged at step {step}: the weights hold NaN or infinite values (a lower "
+                             f"--lr may help); {kept}")
+        saved.append(step)
         ckpt.save(ckpt_path, mcfg, G_plain, D_plain, train_config=cfg.to_dict(), opt_G=opt_G.state_dict(),
                   opt_D=opt_D.state_dict(), step=step, world_size=world)
         if cfg.snapshots:  # weights only (no optimizer state): what `gcomp export` and `gcomp eval` choose among
@@ -419,6 +435,10 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
                 dist.all_reduce(stats)
                 stats /= world
             d_l, g_l, d_real, d_fake = stats.tolist()
+            if not (math.isfinite(d_l) and math.isfinite(g_l)):  # every rank sees the same (reduced) losses
+                kept = f"{ckpt_path} holds step {saved[-1]}, the last save before it" if saved else "nothing was saved"
+                raise TrainError(f"training diverged at step {s + 1}: d_loss {d_l}, g_loss {g_l} (a lower --lr "
+                                 f"may help); {kept}")
             step = s + 1
             now = time.perf_counter()
             ips = B * world / max(now - t_last, 1e-9)

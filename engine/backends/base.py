@@ -14,6 +14,8 @@ no backend and no caller handles that itself. Each backend declares the options 
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -61,6 +63,10 @@ class Backend:
     #: an OpenVINO CPU compile config for the model's encoder.onnx when this backend is OpenVINO (the encoder runs
     #: on the search's runtime, engine/encoder.py); None: ONNX Runtime runs it
     encoder_openvino: dict | None = None
+    #: its runtime's objects must not run two calls at once (OpenVINO's infer requests, TensorRT's execution
+    #: contexts: "Infer Request is busy" from a second thread): generate and search then take turns on one lock, so
+    #: one open model serves several threads; ONNX Runtime's sessions and torch's modules need none
+    serial: bool = False
 
     def __init__(self):
         self.info: ModelInfo | None = None
@@ -69,6 +75,8 @@ class Backend:
         self.notes: list[str] = []
         #: file_sha256's memo from open_backend's validation check (files it hashed), for backends that hash them too
         self.file_digests: dict = {}
+        # reentrant: a search's progress callback may call generate (--save-progress)
+        self._turns = threading.RLock() if self.serial else contextlib.nullcontext()
 
     def settings(self) -> dict:
         """What the backend runs with, for the job summary (name, device, precision, threads, ...)."""
@@ -101,9 +109,11 @@ class Backend:
     # -- inference ---------------------------------------------------------------------------
     def generate(self, z: np.ndarray) -> np.ndarray:
         """G(z) for any number of rows, [B, C, H, W] in [-1, 1]."""
-        if not self.fixed_batch or len(z) == self.fixed_batch:
-            return self.generate_impl(z)
-        return np.concatenate([self.generate_impl(a)[:real] for real, (a,) in in_fixed_parts(self.fixed_batch, [z])])
+        with self._turns:
+            if not self.fixed_batch or len(z) == self.fixed_batch:
+                return self.generate_impl(z)
+            return np.concatenate([self.generate_impl(a)[:real]
+                                   for real, (a,) in in_fixed_parts(self.fixed_batch, [z])])
 
     def search(self, z0: np.ndarray, y: np.ndarray, w: np.ndarray, hp: SearchParams,
                callback: ProgressFn | None = None) -> SearchResult:
@@ -111,9 +121,10 @@ class Backend:
         once by gcomp.open_model's Model.options; SearchParams(...).resolved() fills the seed's): a backend applies
         no default of its own."""
         hp = self.check(hp)
-        if not self.fixed_batch or len(z0) == self.fixed_batch:
-            return self.search_impl(z0, y, w, hp, callback)
-        return search_in_parts(self.fixed_batch, self.search_impl, z0, y, w, hp, callback)
+        with self._turns:
+            if not self.fixed_batch or len(z0) == self.fixed_batch:
+                return self.search_impl(z0, y, w, hp, callback)
+            return search_in_parts(self.fixed_batch, self.search_impl, z0, y, w, hp, callback)
 
     def check(self, hp: SearchParams) -> SearchParams:
         """Refuse what this backend cannot run, and settings left unresolved."""

@@ -73,6 +73,7 @@ def cache_dir_for(model_folder: Path) -> Path:
 
 class OpenVINOBackend(Backend):
     name = "openvino"
+    serial = True  # infer requests / execution contexts: one call at a time (base.Backend.serial)
     options = ("precision", "threads", "streams")
 
     def __init__(self, model, device: str = "cpu", precision: str = "auto", threads: int | None = None,

@@ -73,6 +73,7 @@ class DeviceArray:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    serial = True  # infer requests / execution contexts: one call at a time (base.Backend.serial)
     options = ("cuda_graph",)
 
     def __init__(self, model, device: str = "cuda", cuda_graph: bool = True):
@@ -86,9 +87,9 @@ class TensorRTBackend(Backend):
         if not self.device_name.startswith("cuda"):
             raise BackendError("the tensorrt backend runs on a CUDA GPU: pass --device cuda[:N]")
         try:
-            trt, builder = import_tensorrt()
+            trt, builder = import_tensorrt("the tensorrt backend")
         except TensorRTUnavailable as e:
-            raise BackendError(str(e).replace("--trt", "the tensorrt backend")) from None
+            raise BackendError(str(e)) from None
         cudart = self.cudart = _cudart()
         dev = int(self.device_name.split(":")[1]) if ":" in self.device_name else 0
         _ok(cudart.cudaSetDevice(dev))

@@ -17,7 +17,7 @@ from typing import Any
 
 MAGIC = b"GCOMPTRT"
 HEADER_FORMAT = "gcomp-trt/1"
-INSTALL_HINT = ("--trt needs TensorRT's Python API: install NVIDIA TensorRT (pip install tensorrt, on a machine "
+INSTALL_HINT = ("{what} needs TensorRT's Python API: install NVIDIA TensorRT (pip install tensorrt, on a machine "
                 "with a CUDA GPU) or TensorRT-RTX (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
 
 
@@ -100,8 +100,9 @@ def check_engine_header(header: dict[str, Any], builder: str | None = None, trt_
                                       f"this GPU is {cc}; {rebuild}")
 
 
-def import_tensorrt():
-    """(module, builder name): TensorRT if installed, else TensorRT-RTX; TensorRTUnavailable otherwise."""
+def import_tensorrt(what: str = "--trt"):
+    """(module, builder name): TensorRT if installed, else TensorRT-RTX; TensorRTUnavailable otherwise (its message
+    starts with `what`: the option that needs it)."""
     try:
         import tensorrt as trt  # noqa: F401
 
@@ -114,4 +115,4 @@ def import_tensorrt():
         return trt, "tensorrt_rtx"
     except ImportError:
         pass
-    raise TensorRTUnavailable(INSTALL_HINT)
+    raise TensorRTUnavailable(INSTALL_HINT.format(what=what))
