@@ -111,6 +111,12 @@ def test_corrupt_image_is_skipped(tmp_path, capfd):
     assert len(ds) == 3
     assert torch.equal(ds[1], ds[2])  # replaced by the next readable image
     assert "warning: skipping unreadable image" in capfd.readouterr().err
+    ok, buf = cv2.imencode(".png", _image(rng, 32, 32))
+    (tmp_path / "1.png").write_bytes(buf.tobytes()[: len(buf) // 2])  # truncated: OpenCV itself warns about it
+    ds = ImageSource([tmp_path], size=32)
+    ds[1]
+    err = capfd.readouterr().err.splitlines()
+    assert err and all(line.startswith("warning: skipping unreadable image") for line in err), err  # no [ WARN:..]
 
 
 def test_data_errors(tmp_path):

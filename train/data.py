@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..engine.images import opencv_quiet
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_SKIP = 100  # consecutive unreadable images before giving up
 
@@ -68,7 +70,8 @@ def _index_folder(path: Path) -> list[str]:
 
 def decode_image(data: bytes, size: int) -> np.ndarray | None:
     """Encoded image bytes -> float32 [3, size, size] RGB in [-1, 1]; None when undecodable."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # 8-bit BGR, alpha dropped
+    with opencv_quiet():  # a corrupt file gets the loader's one `warning:` line, not OpenCV's own lines too
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # 8-bit BGR, alpha dropped
     if img is None or img.size == 0:
         return None
     h, w = img.shape[:2]
