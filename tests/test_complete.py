@@ -55,7 +55,11 @@ def test_cli_completes_a_folder_with_a_corrupt_file(tiny_ckpt, faces, tmp_path):
 def test_bad_model_and_mask_are_one_line_errors(tiny_ckpt, faces, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 truncated")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(tiny_ckpt.read_bytes()[:3000])  # torch's message for this was several sentences long
     for args, needle in [(["--model", str(bad)], "not a readable checkpoint"),
+                         (["--model", str(trunc)], "trunc.pt: not a readable checkpoint (not a PyTorch zip file: "
+                                                   "truncated, or another format)"),
                          (["--model", str(tiny_ckpt), "--mask", "blob"], "neither a kind"),
                          (["--model", str(tmp_path / "none.pt")], "model not found"),
                          # the bundled model is an export: say so and name the backends that run it

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,10 @@ def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle of something else, random bytes
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        # torch's own message is several sentences (miniz's) or a bare KeyError for bytes that are no zip at all
+        why = (f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if zipfile.is_zipfile(p) and str(e).strip()
+               else "not a PyTorch zip file: truncated, or another format")
+        raise CheckpointError(f"{p}: not a readable checkpoint ({why})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a gcomp checkpoint (no '{FORMAT}' marker)")
     missing = {"model_config", "G", "D"} - state.keys()
