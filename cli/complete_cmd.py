@@ -39,8 +39,8 @@ def _interrupted():
                    "skipped)", err=True)
         raise typer.Exit(128 + caught["signal"]) from None
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        if main:  # (None: a handler set outside Python; the default then)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def complete(

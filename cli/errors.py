@@ -43,12 +43,15 @@ def output_folder(folder: Path, option: str) -> None:
         raise fail(f"{option}: {e}") from None
 
 
-def output_file(path: Path | None, option: str) -> None:
-    """The same for a file an option names (--json, --grid): a folder there, or a folder above it not writable."""
+def output_file(path: Path | None, option: str, suffixes: tuple[str, ...] = ()) -> None:
+    """The same for a file an option names (--json, --grid): a folder there, another format than `suffixes` (if
+    given), or a folder above it not writable."""
     if path is None:
         return
     if Path(path).is_dir():
         raise fail(f"{option} {path} is a folder: name a file")
+    if suffixes and Path(path).suffix.lower() not in suffixes:
+        raise fail(f"{option} {path}: name a {' or '.join(suffixes)} file")
     output_folder(Path(path).absolute().parent, option)
 
 
@@ -56,7 +59,11 @@ def output_file(path: Path | None, option: str) -> None:
 def writing(path: Path, option: str):
     """Writing the file an option names at the end of a run: an OSError then is one line (exit 1: the work was
     done, its record was not written), not a traceback."""
+    import cv2
+
     try:
         yield
-    except OSError as e:
+    except OSError as e:  # images.OutputError included
         raise fail(f"{option} {path}: cannot write it ({e.strerror or e})", code=1) from None
+    except (ValueError, cv2.error) as e:  # images.ImageError (cannot encode), OpenCV's own refusal
+        raise fail(f"{option} {path}: cannot write it ({str(e).strip().splitlines()[-1]})", code=1) from None

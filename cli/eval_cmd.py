@@ -53,7 +53,7 @@ def evaluate(
 
     kinds = [k.strip() for k in mask.split(",") if k.strip()]
     output_file(json_path, "--json")  # before minutes of completing and scoring
-    output_file(grid, "--grid")
+    output_file(grid, "--grid", images.SUFFIXES)
     try:
         check_args(data, kinds, limit)  # before the model loads
         opts = CompleteOptions(batch_size=batch_size, restarts=restarts, seed=seed, init=init,

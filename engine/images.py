@@ -66,17 +66,23 @@ def _max_pixels(default: int = 200_000_000) -> int:
     image, its RGB copy, the mask, the fill, the output; a hole over 4 megapixels adds ~160 per hole pixel,
     engine/prepare.py), so the default bounds one image at ~8 GB, and refuses decompression bombs (a small PNG or
     JPEG that decodes to gigabytes) before they are decoded, as PIL's MAX_IMAGE_PIXELS does."""
+    raw = os.environ.get("GCOMP_MAX_IMAGE_PIXELS")
+    value = None if raw is None else _pixel_count(raw)
+    return default if value is None else value
+
+
+def _pixel_count(raw: str) -> int | None:
     try:
-        value = int(os.environ.get("GCOMP_MAX_IMAGE_PIXELS", default))
+        value = int(raw)
     except ValueError:
-        return default
-    return value if value >= 0 else default
+        return None
+    return value if value >= 0 else None
 
 
 def max_pixels_warning() -> str | None:
     """The line a job logs when GCOMP_MAX_IMAGE_PIXELS is set but ignored (not an integer >= 0)."""
     raw = os.environ.get("GCOMP_MAX_IMAGE_PIXELS")
-    if raw is None or raw.strip().isdigit():
+    if raw is None or _pixel_count(raw) is not None:
         return None
     return (f"warning: GCOMP_MAX_IMAGE_PIXELS={raw!r} is not a pixel count (an integer >= 0; 0 lifts the limit): "
             f"the limit is {_megapixels(MAX_PIXELS)} megapixels")
@@ -141,12 +147,19 @@ def decode(data: bytes | np.ndarray, name: str = "image") -> Image:
             img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode it") from None
+    except cv2.error as e:  # OpenCV refuses what it cannot hold (a BMP header claiming 40000x40000) by raising
+        raise ImageError(f"{name}: not a readable image ({opencv_reason(e)})") from None
     if img is None:
         raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
     if header.orientation != 1:
         img = orient(img, header.orientation)
     check_size(img.shape[1], img.shape[0], name)
     return Image(original=img, rgb=to_rgb8(img))
+
+
+def opencv_reason(e: Exception) -> str:
+    """OpenCV's error in one line (its message is several, with a source path): what it checked."""
+    return str(getattr(e, "err", "") or str(e).strip().splitlines()[-1])
 
 
 def read_bytes(path: str | Path) -> bytes:

@@ -8,6 +8,7 @@ the image's name, so an image's mask never depends on its batch, shard or worker
 from __future__ import annotations
 
 import math
+import os
 import zlib
 import threading
 from dataclasses import dataclass, field
@@ -160,14 +161,21 @@ def read_mask_file(path: str | Path, key: str | None = None) -> np.ndarray:
         data = np.frombuffer(images.read_bytes(path), np.uint8)  # a FIFO or a device is refused, not waited on
     except images.ImageError as e:
         raise MaskError(f"{key}: mask {e}" if key else f"mask {e}") from None
-    with images.opencv_quiet():  # grayscale: OpenCV applies the EXIF orientation, as images.decode does
-        img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    try:
+        with images.opencv_quiet():  # grayscale: OpenCV applies the EXIF orientation, as images.decode does
+            img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    except cv2.error as e:
+        raise MaskError(f"{key}: mask {path} is not a readable image ({images.opencv_reason(e)})" if key else
+                        f"{path}: mask is not a readable image ({images.opencv_reason(e)})") from None
     if img is None:
         raise MaskError(f"{key}: mask {path} is not a readable image" if key else
                         f"{path}: mask is not a readable image")
     return (img <= 127).astype(np.float32)
 
 
+#: what a mask folder's files may be: the formats gcomp completes and the others OpenCV reads
+MASK_SUFFIXES = (*images.SUFFIXES, ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".jp2", ".exr",
+                 ".hdr", ".pic", ".avif", ".gif")
 FIXED_CACHED = 4  # image sizes whose fixed mask a MaskSpec keeps (a folder of photos of one size needs one)
 
 
@@ -270,8 +278,9 @@ class MaskSpec:
         for cand in looked:
             if not cand.is_dir():
                 continue
-            found = [f for f in sorted(cand.glob(glob_escape(rel.stem) + ".*"))
-                     if f.stem == rel.stem and f.is_file()]  # its stem exactly: not a.png.bak
+            found = [f for f in sorted(cand.glob(glob_escape(rel.stem) + ".*"))  # its stem exactly (not a.png.bak),
+                     if os.path.normcase(f.stem) == os.path.normcase(rel.stem)  # as the file system compares it,
+                     and f.suffix.lower() in MASK_SUFFIXES and f.is_file()]  # and an image (not a.xmp, a.txt)
             same = [f for f in found if f.name == rel.name]
             if same or len(found) == 1:
                 return (same or found)[0]  # the mask named as its image is the one, beside others of its stem

@@ -33,7 +33,9 @@ import logging
 import math
 import os
 import pickle
+import signal
 import socket
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -87,12 +89,15 @@ def _decode(row: dict, *, spec: MaskSpec, size: int, seed: int, weighted: bool, 
         notes: list[str] = []
         try:
             entries.append(("ok", prepare(item, spec, size, seed, weighted, face, notes.append, blends, weights),
-                            "\n".join(notes)))
+                            NOTE_SEP.join(notes)))
         except (ImageError, MaskError, OSError) as e:
             entries.append(("error", item, str(e)))
+        except MemoryError:  # one image too large for this worker fails alone, as in the local driver
+            entries.append(("error", item, f"{item.path}: not enough memory to prepare it"))
     return {"chunk": row["chunk"], "payload": pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
+NOTE_SEP = "\0"  # between one image's notes in its row: no file name holds it (a newline can)
 COLUMNS = ("chunk", "key", "file", "status", "error", "note", "worker", "search_seconds")
 FATAL = "fatal"  # a status row carrying a job-level error (pickled) from an actor
 
@@ -169,6 +174,18 @@ def _probe(model: str, backend: str, device: str, backend_options: dict, opts: C
 
 
 # -- connecting ----------------------------------------------------------------------------------
+
+def _connect_keeping_sigterm(ray, address: str | None, min_cpus: float) -> bool:
+    """_connect, with the caller's SIGTERM handler put back: ray.init installs its own (sys.exit(15) or (1)), which
+    would end `gcomp complete --ray` without its line on how far it got, its summary or exit 143."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        return _connect(ray, address, min_cpus)
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
+
 
 def _connect(ray, address: str | None, min_cpus: float) -> bool:
     """Join or start Ray; True when this call did (so the caller shuts it down afterwards)."""
@@ -256,7 +273,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
         start_writing(out_dir, opts)
         return finish_summary(summary, out_dir, opts, t0, write=not single_image_job(src, dst))
 
-    started = _connect(ray, address, workers * cpus_per_worker + 1)
+    started = _connect_keeping_sigterm(ray, address, workers * cpus_per_worker + 1)
     bar = None
     try:
         try:
@@ -312,7 +329,7 @@ def complete_ray(input: str | os.PathLike, output: str | os.PathLike, model: str
             failed: list[tuple[int, dict]] = []
             bar = ProgressBar(progress, len(todo))
             for r in ds.iter_rows():
-                for line in r["note"].splitlines():  # prepare()'s own "note: ..." lines
+                for line in filter(None, r["note"].split(NOTE_SEP)):  # prepare()'s own "note: ..." lines
                     log(line)
                 summary.search_seconds += float(r["search_seconds"])
                 if r["status"] == FATAL:

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import struct
+import sys
 import time
 import zlib
 
@@ -105,6 +106,7 @@ def test_an_exif_turned_jpeg_is_completed_upright_and_written_upright(tmp_path):
     assert np.array_equal(read_mask_file(mask) == 0, hole > 127)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="FIFOs and /dev/zero: POSIX")
 def test_fifos_devices_and_folders_named_like_images_fail_alone(tmp_path):
     """A FIFO named .png once hung the job (not even Ctrl-C stopped it) and a link to /dev/zero ended it with a
     MemoryError traceback: each is now one error line, and the rest completes."""
@@ -123,6 +125,7 @@ def test_fifos_devices_and_folders_named_like_images_fail_alone(tmp_path):
         read_mask_file(src / "fifo.png", key="face_00.png")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the error's wording is POSIX's (EISDIR)")
 def test_a_folder_where_an_output_belongs_is_an_error_not_a_finished_output(tmp_path):
     from synth import make_faces
 
@@ -190,8 +193,9 @@ def test_the_pixel_limit_message_does_not_round_to_the_limit(monkeypatch):
 
 
 def test_sigterm_stops_a_job_as_ctrl_c_does_with_143():
-    """`kill`, `timeout`, docker stop and Kubernetes send SIGTERM: the job stops as on Ctrl-C (the summary, the
-    line on how far it got), and the status is 128 + 15."""
+    """`kill`, `timeout`, docker stop and Kubernetes send SIGTERM: the handler turns it into the KeyboardInterrupt
+    that Ctrl-C raises (so the job stops on Ctrl-C's path, tested in test_reliability: finished outputs whole, the
+    summary, the line on how far it got), and the status is 128 + 15; the previous handler is restored."""
     from gcomp.cli.complete_cmd import _interrupted
 
     before = signal.getsignal(signal.SIGTERM)
@@ -282,3 +286,73 @@ def test_a_file_name_with_a_line_break_keeps_its_error_on_one_line(tmp_path, cap
 
     to_stderr("error: in/bad\nname.png: not a readable image")
     assert capfd.readouterr().err == "error: in/bad\\nname.png: not a readable image\n"
+
+
+def test_a_sidecar_beside_a_mask_is_not_a_second_mask(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cv2.imwrite(str(masks / "a.png"), np.zeros((8, 8), np.uint8))
+    (masks / "a.xmp").write_text("<x:xmpmeta/>")  # what a photo editor leaves beside an image
+    assert MaskSpec.parse(str(masks))._find_in_folder("a.jpg") == masks / "a.png"
+
+
+def test_ray_init_does_not_take_over_sigterm():
+    """ray.init installs its own SIGTERM handler (sys.exit): `gcomp complete --ray` then ended with status 15, no
+    line on how far it got and no summary. The driver puts the caller's handler back."""
+    from gcomp.engine import ray_driver
+
+    class FakeRay:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kw):
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(15))
+
+    def mine(*a):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert ray_driver._connect_keeping_sigterm(FakeRay(), "local", 1) is True
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_an_image_opencv_refuses_to_hold_fails_alone(tmp_path):
+    """A 70-byte BMP whose header claims 40000x40000: cv2.imdecode raises (it does not return None), which ended the
+    whole job with a traceback and no summary."""
+    from synth import make_faces
+
+    src = tmp_path / "in"
+    make_faces(src, n=1, size=64)
+    (src / "bomb.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 70, 0, 0, 54) +
+                                   struct.pack("<IiiHHIIiiII", 40, 40000, 40000, 1, 24, 0, 0, 0, 0, 0, 0) + b"\0" * 16)
+    r = _complete(src, tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert _errors(r) == [f"error: {src / 'bomb.bmp'}: not a readable image (pixels <= CV_IO_MAX_IMAGE_PIXELS)"]
+    assert (tmp_path / "out" / "face_00.png").is_file() and (tmp_path / "out" / "gcomp-summary.json").is_file()
+
+
+def test_a_large_webp_or_png_keeps_its_orientation():
+    """A WebP's EXIF chunk follows its image data, a PNG's eXIf may follow a large text chunk: past the first 64 KiB,
+    where the header was read, so a real photo's tag was missed (the mask, read by OpenCV, was turned)."""
+    pil = pytest.importorskip("PIL.Image", reason="Pillow writes WebP and PNG with EXIF")
+    from PIL import PngImagePlugin
+    import io
+
+    exif = pil.Exif()
+    exif[0x0112] = 6
+    img = np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8)  # noise: > 64 KiB encoded
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "x" * 70_000)
+    for fmt, kw in (("WEBP", {"lossless": True}), ("WEBP", {"quality": 90}), ("PNG", {"pnginfo": text})):
+        b = io.BytesIO()
+        pil.fromarray(img).save(b, fmt, exif=exif.tobytes(), **kw)
+        arr = np.frombuffer(b.getvalue(), np.uint8)
+        assert arr.size > 65536 and read_header(arr).orientation == 6, fmt
+        assert images.decode(arr).original.shape[:2] == (600, 400) == cv2.imdecode(arr, cv2.IMREAD_GRAYSCALE).shape
+    assert read_header(arr).size == (600, 400)  # the PNG's stored size; WebP's too (VP8X / VP8 / VP8L):
+    b = io.BytesIO()
+    pil.fromarray(img).save(b, "WEBP", lossless=True)
+    assert read_header(np.frombuffer(b.getvalue(), np.uint8)).size == (600, 400)

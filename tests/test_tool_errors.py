@@ -93,6 +93,25 @@ def test_a_broken_model_fails_the_job_instead_of_writing_black_holes():
         generate_batch(_NaNBackend(z_nan=True), batch, opts)
 
 
+def test_a_restart_that_diverged_does_not_sink_the_others():
+    class OneBad(_NaNBackend):
+        def search(self, z0, y, w, hp, callback=None):
+            z = z0.copy()
+            z[1::2] = np.nan  # every image's second restart
+            return SearchResult(z=z, loss=np.tile([1.0, np.nan], len(z0) // 2).astype(np.float32), history=[1.0])
+
+        def generate(self, z):
+            return np.zeros((len(z), 3, 8, 8), np.float32)
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    known = make_mask("center", 8)
+    batch = [Prepared(Item(None, "a.png", None), images.Image(rgb, rgb), known, images.to_model_input(rgb, 8),
+                      known[None], known[None])]
+    x, stats = generate_batch(OneBad(), batch, Settings.resolve(CompleteOptions(restarts=2,
+                                                                                search=SearchParams(iters=1))))
+    assert stats["best_restart"] == [0] and stats["loss"] == [1.0]
+
+
 def test_an_unrolled_export_recommends_iterations_it_can_run():
     from gcomp.export.onnx_export import fit_to_unroll
 

@@ -378,12 +378,19 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
 
     saved = [start] if start else []  # the steps saved to ckpt_path (a resumed run's start is one)
 
+    def diverged(step: int, what: str) -> TrainError:
+        kept = f"{ckpt_path} holds step {saved[-1]}, the last save before it" if saved else "nothing was saved"
+        return TrainError(f"training diverged at step {step}: {what} (a lower --lr may help); {kept}")
+
+    def check_weights(step: int) -> None:
+        """Before a save, on every rank (each holds the same weights; one rank raising alone would leave the others
+        waiting in the next collective): the losses were finite, but this step's update, or BatchNorm's running
+        statistics, may not be; NaN weights are never saved over good ones."""
+        tensors = [t for net in (G_plain, D_plain) for t in net.state_dict().values() if t.is_floating_point()]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise diverged(step, "the weights hold NaN or infinite values")
+
     def save(step: int) -> None:
-        # the losses were finite, but this step's update may not have been: never save NaN weights over good ones
-        if not all(bool(torch.isfinite(p).all()) for net in (G_plain, D_plain) for p in net.parameters()):
-            kept = f"{ckpt_path} holds step {saved[-1]}, the last save before it" if saved else "nothing was saved"
-            raise TrainError(f"training diverged at step {step}: the weights hold NaN or infinite values (a lower "
-                             f"--lr may help); {kept}")
         saved.append(step)
         ckpt.save(ckpt_path, mcfg, G_plain, D_plain, train_config=cfg.to_dict(), opt_G=opt_G.state_dict(),
                   opt_D=opt_D.state_dict(), step=step, world_size=world)
@@ -436,10 +443,10 @@ def _train(cfg: TrainConfig, di: _Dist, device: torch.device) -> Path:
                 stats /= world
             d_l, g_l, d_real, d_fake = stats.tolist()
             if not (math.isfinite(d_l) and math.isfinite(g_l)):  # every rank sees the same (reduced) losses
-                kept = f"{ckpt_path} holds step {saved[-1]}, the last save before it" if saved else "nothing was saved"
-                raise TrainError(f"training diverged at step {s + 1}: d_loss {d_l}, g_loss {g_l} (a lower --lr "
-                                 f"may help); {kept}")
+                raise diverged(s + 1, f"d_loss {d_l}, g_loss {g_l}")
             step = s + 1
+            if step % cfg.save_every == 0 or step == total:
+                check_weights(step)
             now = time.perf_counter()
             ips = B * world / max(now - t_last, 1e-9)
             t_last = now
