@@ -70,7 +70,7 @@ def generate_batch(backend: Backend, batch: list[Prepared], opts: Settings,
             cb = lambda i, z: on_progress(i, z[::R])  # noqa: E731 (each image's first start)
         res = backend.search(z0, yR, wR, opts.search, cb)
         loss = res.loss.reshape(n, R)
-        best = np.where(np.isnan(loss), np.inf, loss).argmin(1)  # a restart that diverged never wins over one that did not
+        best = np.where(np.isnan(loss), np.inf, loss).argmin(1)  # a diverged restart never wins over the others
         loss = loss[np.arange(n), best][:, None]
         z_best = res.z.reshape(n, R, -1)[np.arange(n), best]
         seconds, history = res.seconds, res.history
