@@ -61,9 +61,11 @@ def writing(path: Path, option: str):
     done, its record was not written), not a traceback."""
     import cv2
 
+    from ..engine.images import opencv_reason
+
     try:
         yield
     except OSError as e:  # images.OutputError included
         raise fail(f"{option} {path}: cannot write it ({e.strerror or e})", code=1) from None
     except (ValueError, cv2.error) as e:  # images.ImageError (cannot encode), OpenCV's own refusal
-        raise fail(f"{option} {path}: cannot write it ({str(e).strip().splitlines()[-1]})", code=1) from None
+        raise fail(f"{option} {path}: cannot write it ({opencv_reason(e)})", code=1) from None
